@@ -1,0 +1,10 @@
+//! Compiles the .proto files with protox (a protobuf compiler in Rust), so no system `protoc` is needed.
+
+const PROTOS: &[&str] = &["reskflow/registry/v1/registry.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let descriptors = protox::compile(PROTOS, ["proto"])?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

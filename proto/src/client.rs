@@ -1,0 +1,168 @@
+//! The control-plane client other services use: one HTTP/2 channel (lazy, reconnecting), a timeout on
+//! every call, and typed calls that take and return the domain model.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use reskflow_proto::{Client, ClientOptions, registry::DiscoverQuery};
+//! let client = Client::connect_lazy("http://127.0.0.1:50051", ClientOptions::default())?;
+//! let found = client
+//!     .discover(DiscoverQuery { service_id: "payments".into(), ..Default::default() })
+//!     .await?;
+//! println!("{}:{}", found.instance.address, found.instance.port);
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status, Streaming};
+
+use crate::invalid::Invalid;
+use crate::pb::registry::v1 as pb;
+use crate::pb::registry::v1::registry_client::RegistryClient;
+use crate::registry::*;
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    /// Deadline of each unary call.
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions { connect_timeout: Duration::from_secs(3), request_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Cheap to clone: clones share the channel.
+#[derive(Debug, Clone)]
+pub struct Client {
+    registry: RegistryClient<Channel>,
+    request_timeout: Duration,
+}
+
+/// A reply the client could not read as the domain model (a version mismatch, say).
+fn bad_reply(err: Invalid) -> Status {
+    Status::new(Code::Internal, format!("control plane sent a malformed reply: {err}"))
+}
+
+impl Client {
+    /// Builds the client without connecting; the channel connects on first use and reconnects.
+    pub fn connect_lazy(url: &str, options: ClientOptions) -> Result<Self, tonic::transport::Error> {
+        let endpoint = Endpoint::from_shared(url.to_string())?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        Ok(Self::from_channel(endpoint.connect_lazy(), options))
+    }
+
+    pub fn from_channel(channel: Channel, options: ClientOptions) -> Self {
+        Client {
+            registry: RegistryClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
+            request_timeout: options.request_timeout,
+        }
+    }
+
+    /// The generated client, for calls the typed helpers do not cover.
+    pub fn registry(&self) -> RegistryClient<Channel> {
+        self.registry.clone()
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.request_timeout);
+        request
+    }
+
+    pub async fn register_service(&self, service: Service) -> Result<Service, Status> {
+        let req = self.request(pb::RegisterServiceRequest { service: Some(service.into()) });
+        let reply = self.registry().register_service(req).await?.into_inner();
+        Service::try_from(reply).map_err(bad_reply)
+    }
+
+    pub async fn update_service(&self, service: Service) -> Result<Service, Status> {
+        let req = self.request(pb::UpdateServiceRequest { service: Some(service.into()) });
+        let reply = self.registry().update_service(req).await?.into_inner();
+        Service::try_from(reply).map_err(bad_reply)
+    }
+
+    pub async fn get_service(&self, id: &str) -> Result<ServiceSummary, Status> {
+        let req = self.request(pb::GetServiceRequest { id: id.to_string() });
+        let reply = self.registry().get_service(req).await?.into_inner();
+        ServiceSummary::try_from(reply).map_err(bad_reply)
+    }
+
+    /// Returns how many instances went with the service.
+    pub async fn deregister_service(&self, id: &str) -> Result<u32, Status> {
+        let req = self.request(pb::DeregisterServiceRequest { id: id.to_string() });
+        Ok(self.registry().deregister_service(req).await?.into_inner().instances_removed)
+    }
+
+    pub async fn list_services(&self, page: Page) -> Result<ServiceList, Status> {
+        let req = self.request(pb::ListServicesRequest {
+            page_size: page.page_size.unwrap_or(0),
+            page_token: page.page_token,
+        });
+        let reply = self.registry().list_services(req).await?.into_inner();
+        ServiceList::try_from(reply).map_err(bad_reply)
+    }
+
+    pub async fn search(&self, query: SearchQuery) -> Result<ServiceList, Status> {
+        let reply = self.registry().search(self.request(query.into())).await?.into_inner();
+        ServiceList::try_from(reply).map_err(bad_reply)
+    }
+
+    pub async fn register_instance(&self, instance: Instance) -> Result<Instance, Status> {
+        let req = self.request(pb::RegisterInstanceRequest { instance: Some(instance.into()) });
+        let reply = self.registry().register_instance(req).await?.into_inner();
+        Instance::try_from(reply).map_err(bad_reply)
+    }
+
+    pub async fn deregister_instance(&self, id: &str) -> Result<(), Status> {
+        let req = self.request(pb::DeregisterInstanceRequest { id: id.to_string() });
+        self.registry().deregister_instance(req).await?;
+        Ok(())
+    }
+
+    pub async fn list_instances(&self, service_id: &str) -> Result<Vec<Instance>, Status> {
+        let req = self.request(pb::ListInstancesRequest { service_id: service_id.to_string() });
+        let reply = self.registry().list_instances(req).await?.into_inner();
+        reply.instances.into_iter().map(Instance::try_from).collect::<Result<_, _>>().map_err(bad_reply)
+    }
+
+    pub async fn heartbeat(&self, instance_id: &str, beat: Heartbeat) -> Result<Instance, Status> {
+        let req = self.request(pb::HeartbeatRequest {
+            instance_id: instance_id.to_string(),
+            status: beat.status.map_or(pb::HealthStatus::Unspecified, Into::into).into(),
+            output: beat.output,
+        });
+        let reply = self.registry().heartbeat(req).await?.into_inner();
+        let instance = reply.instance.ok_or_else(|| bad_reply(Invalid::one("instance", "is required")))?;
+        Instance::try_from(instance).map_err(bad_reply)
+    }
+
+    pub async fn discover(&self, query: DiscoverQuery) -> Result<Discovered, Status> {
+        let reply = self.registry().discover(self.request(query.into())).await?.into_inner();
+        Discovered::try_from(reply).map_err(bad_reply)
+    }
+
+    pub async fn service_health(&self, service_id: &str) -> Result<ServiceHealth, Status> {
+        let req = self.request(pb::GetServiceHealthRequest { service_id: service_id.to_string() });
+        let reply = self.registry().get_service_health(req).await?.into_inner();
+        ServiceHealth::try_from(reply).map_err(bad_reply)
+    }
+
+    pub async fn dependencies(&self, service_id: &str) -> Result<DependencyGraph, Status> {
+        let req = self.request(pb::GetDependenciesRequest { service_id: service_id.to_string() });
+        let reply = self.registry().get_dependencies(req).await?.into_inner();
+        DependencyGraph::try_from(reply).map_err(bad_reply)
+    }
+
+    /// Opens a watch stream (no deadline: it lives as long as the caller reads it).
+    pub async fn watch(&self, since_version: u64, service_ids: Vec<String>) -> Result<Streaming<pb::WatchEvent>, Status> {
+        let req = tonic::Request::new(pb::WatchRequest { since_version, service_ids });
+        Ok(self.registry().watch(req).await?.into_inner())
+    }
+}
