@@ -1,1 +1,87 @@
-//! placeholder
+//! ReskFlow control plane: owns the registry (and, later, workflow state) in a SQL store and serves
+//! it over gRPC.
+//!
+//! - [`config`]: the typed configuration and its validation.
+//! - [`store`]: the durable store (SQLite or PostgreSQL), migrations, change log, leases.
+//! - [`registry`]: services and instances in memory, kept in sync with the store; discovery,
+//!   search, dependency graphs and health checks.
+//! - [`api`]: the gRPC services.
+//!
+//! [`run`] serves on a bound listener until a shutdown future resolves, so tests bind port 0.
+
+pub mod api;
+pub mod config;
+pub mod registry;
+pub mod store;
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+use crate::config::Config;
+use crate::registry::health_check::{self, MonitorOptions};
+use crate::registry::{sync, Registry};
+use crate::store::Store;
+
+const COMPACT_EVERY: Duration = Duration::from_secs(600);
+
+/// Runs the control plane on `listener` until `shutdown` resolves, then drains background tasks.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let mut store_options = store::Options::new(&config.database_url);
+    store_options.max_connections = config.db_max_connections;
+    let store = Store::connect(&store_options).await.context("while opening the store")?;
+    let registry = Registry::load(store.clone()).await.context("while loading the registry")?;
+    info!(backend = ?store.backend(), version = registry.version(), "registry loaded");
+
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(store.clone().listen_for_changes(stop.clone()).in_current_span());
+    tasks.spawn(sync::run(registry.clone(), stop.clone()).in_current_span());
+    let monitor = MonitorOptions {
+        node_id: if config.node_id.is_empty() { MonitorOptions::default().node_id } else { config.node_id.clone() },
+        lease_ttl: config.health_lease_ttl,
+        ..MonitorOptions::default()
+    };
+    tasks.spawn(health_check::run(registry.clone(), monitor, stop.clone()).instrument(tracing::info_span!("health")));
+    tasks.spawn(compact_log(store.clone(), config.registry_log_keep, stop.clone()).in_current_span());
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<reskflow_proto::pb::registry::v1::registry_server::RegistryServer<api::registry::RegistryApi>>()
+        .await;
+    let addr = listener.local_addr().context("listener address")?;
+    info!(%addr, "control plane serving gRPC");
+    let served = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(api::registry::RegistryApi::new(registry).into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    store.close().await;
+    info!("control plane stopped");
+    served.context("gRPC server failed")
+}
+
+async fn compact_log(store: Store, keep: u64, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(COMPACT_EVERY) => {}
+        }
+        match store.compact_changes(keep).await {
+            Ok(0) => {}
+            Ok(n) => info!(removed = n, "registry change log compacted"),
+            Err(err) => warn!(error = %err, "cannot compact the registry change log"),
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! - `convert`: to and from the protobuf messages.
 
 mod convert;
+pub use convert::health_status_from_pb;
 mod validate;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,4 @@
+//! The gRPC API: one file per service, and `status` for the one place errors become gRPC statuses.
+
+pub mod registry;
+pub mod status;

@@ -1,0 +1,238 @@
+//! `reskflow.registry.v1.Registry`: parses each request into the domain model, calls the registry,
+//! encodes the reply. The watch stream runs as a task feeding a channel per subscriber.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use reskflow_proto::pb::registry::v1 as pb;
+use reskflow_proto::pb::registry::v1::registry_server;
+use reskflow_proto::registry::*;
+use reskflow_proto::registry::health_status_from_pb;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{debug, Instrument};
+
+use super::status::{check_id, missing};
+use crate::registry::{Feed, Registry};
+
+#[derive(Clone)]
+pub struct RegistryApi {
+    registry: Registry,
+}
+
+impl RegistryApi {
+    pub fn new(registry: Registry) -> Self {
+        RegistryApi { registry }
+    }
+
+    pub fn into_server(self) -> registry_server::RegistryServer<Self> {
+        registry_server::RegistryServer::new(self)
+    }
+}
+
+fn service_from(s: Option<pb::Service>) -> Result<Service, Status> {
+    Ok(Service::try_from(s.ok_or_else(|| missing("service"))?)?)
+}
+
+#[tonic::async_trait]
+impl registry_server::Registry for RegistryApi {
+    async fn register_service(&self, req: Request<pb::RegisterServiceRequest>) -> Result<Response<pb::Service>, Status> {
+        let service = service_from(req.into_inner().service)?;
+        Ok(Response::new(self.registry.register_service(service).await?.into()))
+    }
+
+    async fn update_service(&self, req: Request<pb::UpdateServiceRequest>) -> Result<Response<pb::Service>, Status> {
+        let service = service_from(req.into_inner().service)?;
+        Ok(Response::new(self.registry.update_service(service).await?.into()))
+    }
+
+    async fn get_service(&self, req: Request<pb::GetServiceRequest>) -> Result<Response<pb::ServiceSummary>, Status> {
+        let id = req.into_inner().id;
+        check_id("id", &id)?;
+        Ok(Response::new(self.registry.get_service(&id)?.into()))
+    }
+
+    async fn deregister_service(
+        &self,
+        req: Request<pb::DeregisterServiceRequest>,
+    ) -> Result<Response<pb::DeregisterServiceResponse>, Status> {
+        let id = req.into_inner().id;
+        check_id("id", &id)?;
+        let instances_removed = self.registry.deregister_service(&id).await?;
+        Ok(Response::new(pb::DeregisterServiceResponse { instances_removed }))
+    }
+
+    async fn list_services(
+        &self,
+        req: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let r = req.into_inner();
+        let page = Page { page_size: (r.page_size != 0).then_some(r.page_size), page_token: r.page_token };
+        Ok(Response::new(self.registry.list_services(page)?.into()))
+    }
+
+    async fn search(&self, req: Request<pb::SearchRequest>) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let query = SearchQuery::try_from(req.into_inner())?;
+        Ok(Response::new(self.registry.search(query)?.into()))
+    }
+
+    async fn register_instance(
+        &self,
+        req: Request<pb::RegisterInstanceRequest>,
+    ) -> Result<Response<pb::Instance>, Status> {
+        let instance = Instance::try_from(req.into_inner().instance.ok_or_else(|| missing("instance"))?)?;
+        Ok(Response::new(self.registry.register_instance(instance).await?.into()))
+    }
+
+    async fn deregister_instance(
+        &self,
+        req: Request<pb::DeregisterInstanceRequest>,
+    ) -> Result<Response<pb::DeregisterInstanceResponse>, Status> {
+        let id = req.into_inner().id;
+        check_id("id", &id)?;
+        self.registry.deregister_instance(&id).await?;
+        Ok(Response::new(pb::DeregisterInstanceResponse {}))
+    }
+
+    async fn list_instances(
+        &self,
+        req: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let service_id = req.into_inner().service_id;
+        check_id("serviceId", &service_id)?;
+        let instances = self.registry.list_instances(&service_id)?.into_iter().map(Into::into).collect();
+        Ok(Response::new(pb::ListInstancesResponse { instances }))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        check_id("instanceId", &r.instance_id)?;
+        let status = health_status_from_pb(r.status, "status")?;
+        let instance = self.registry.heartbeat(&r.instance_id, Heartbeat { status, output: r.output }).await?;
+        Ok(Response::new(pb::HeartbeatResponse { instance: Some(instance.into()) }))
+    }
+
+    async fn discover(&self, req: Request<pb::DiscoverRequest>) -> Result<Response<pb::DiscoverResponse>, Status> {
+        let query = DiscoverQuery::try_from(req.into_inner())?;
+        Ok(Response::new(self.registry.discover(query)?.into()))
+    }
+
+    async fn get_service_health(
+        &self,
+        req: Request<pb::GetServiceHealthRequest>,
+    ) -> Result<Response<pb::ServiceHealth>, Status> {
+        let service_id = req.into_inner().service_id;
+        check_id("serviceId", &service_id)?;
+        Ok(Response::new(self.registry.service_health(&service_id)?.into()))
+    }
+
+    async fn get_dependencies(
+        &self,
+        req: Request<pb::GetDependenciesRequest>,
+    ) -> Result<Response<pb::DependencyGraph>, Status> {
+        let service_id = req.into_inner().service_id;
+        check_id("serviceId", &service_id)?;
+        Ok(Response::new(self.registry.dependencies(&service_id)?.into()))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send + 'static>>;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let r = req.into_inner();
+        for (i, id) in r.service_ids.iter().enumerate() {
+            check_id(&format!("serviceIds[{i}]"), id)?;
+        }
+        let compacted = self.registry.store().compacted_through().await.map_err(crate::registry::RegistryError::from)?;
+        let (tx, rx) = mpsc::channel(256);
+        let span = tracing::debug_span!("watch", since = r.since_version, services = r.service_ids.len());
+        tokio::spawn(feed_watcher(self.registry.clone(), r, compacted, tx).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+type WatchSender = mpsc::Sender<Result<pb::WatchEvent, Status>>;
+
+fn snapshot_event(services: Vec<Service>, instances: Vec<Instance>, version: u64, wanted: &(dyn Fn(&str) -> bool + Sync)) -> pb::WatchEvent {
+    pb::WatchEvent {
+        version,
+        event: Some(pb::watch_event::Event::Snapshot(pb::Snapshot {
+            services: services.into_iter().filter(|s| wanted(&s.id)).map(Into::into).collect(),
+            instances: instances.into_iter().filter(|i| wanted(&i.service_id)).map(Into::into).collect(),
+        })),
+    }
+}
+
+/// Sends the start (snapshot or replay), then every later change, until the client goes away.
+async fn feed_watcher(registry: Registry, request: pb::WatchRequest, compacted: u64, tx: WatchSender) {
+    let ids = request.service_ids;
+    let wanted = move |service_id: &str| ids.is_empty() || ids.iter().any(|id| id == service_id);
+    let (mut feed, services, instances, version) = registry.subscribe();
+    let since = request.since_version;
+    let replayable = since > 0 && since <= version && since >= compacted;
+    let mut replayed = false;
+    if replayable {
+        replayed = replay(&registry, since, version, &wanted, &tx).await;
+    }
+    if !replayed && tx.send(Ok(snapshot_event(services, instances, version, &wanted))).await.is_err() {
+        return;
+    }
+    let mut sent = version;
+    loop {
+        let item = tokio::select! {
+            _ = tx.closed() => return,
+            item = feed.recv() => item,
+        };
+        match item {
+            Ok(Feed::Change(record)) => {
+                if record.seq <= sent {
+                    continue;
+                }
+                sent = record.seq;
+                if !wanted(record.change.service_id()) {
+                    continue;
+                }
+                let event = pb::WatchEvent { version: record.seq, event: Some(record.change.clone().into()) };
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Feed::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                debug!("watcher fell behind or the registry reloaded; sending a new snapshot");
+                let (fresh, services, instances, version) = registry.subscribe();
+                feed = fresh;
+                sent = version;
+                if tx.send(Ok(snapshot_event(services, instances, version, &wanted))).await.is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Replays the stored changes in (since, until]. False when the log could not be read.
+async fn replay(registry: &Registry, since: u64, until: u64, wanted: &(dyn Fn(&str) -> bool + Sync), tx: &WatchSender) -> bool {
+    let mut after = since;
+    while after < until {
+        let Ok(batch) = registry.store().changes_since(after, 1000).await else {
+            return false;
+        };
+        if batch.is_empty() {
+            break;
+        }
+        for record in batch {
+            if record.seq > until {
+                return true;
+            }
+            after = record.seq;
+            if wanted(record.change.service_id()) {
+                let event = pb::WatchEvent { version: record.seq, event: Some(record.change.into()) };
+                if tx.send(Ok(event)).await.is_err() {
+                    return true;
+                }
+            }
+        }
+    }
+    true
+}

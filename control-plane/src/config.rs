@@ -1,0 +1,133 @@
+//! The control plane's configuration: defaults that run on a laptop, then an optional TOML file
+//! (`--config`), then the environment. `validate` reports every problem at once, before any port
+//! is bound.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Environment variables read (each maps to the field of the same name in lower case).
+pub const ENV_VARS: &[&str] = &[
+    "GRPC_ADDR",
+    "DATABASE_URL",
+    "DB_MAX_CONNECTIONS",
+    "NODE_ID",
+    "HEALTH_LEASE_TTL",
+    "REGISTRY_LOG_KEEP",
+    "LOG_FORMAT",
+    "REGION",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub grpc_addr: String,
+    /// `sqlite://file.db` (default, created on first start) or `postgres://...`.
+    pub database_url: String,
+    pub db_max_connections: u32,
+    /// This replica's name in leases; random when empty.
+    pub node_id: String,
+    /// How long a dead replica keeps the health-check lease.
+    #[serde(with = "humantime_serde")]
+    pub health_lease_ttl: Duration,
+    /// Registry changes kept for watchers that reconnect with a version.
+    pub registry_log_keep: u64,
+    pub log_format: LogFormat,
+    pub region: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grpc_addr: "127.0.0.1:50051".into(),
+            database_url: "sqlite://reskflow.db".into(),
+            db_max_connections: 16,
+            node_id: String::new(),
+            health_lease_ttl: Duration::from_secs(10),
+            registry_log_keep: 100_000,
+            log_format: LogFormat::Text,
+            region: String::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment.merge(Env::raw().only(ENV_VARS).map(|k| k.as_str().to_ascii_lowercase().into())).extract()
+    }
+
+    /// Every problem, each naming its variable.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.grpc_addr.parse::<SocketAddr>().is_err() {
+            problems.push(format!("GRPC_ADDR: '{}' is not an address like 127.0.0.1:50051", self.grpc_addr));
+        }
+        let url = self.database_url.as_str();
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            problems.push(format!("DATABASE_URL: '{url}' must start with sqlite: or postgres://"));
+        }
+        if !(1..=1000).contains(&self.db_max_connections) {
+            problems.push("DB_MAX_CONNECTIONS: must be between 1 and 1000".into());
+        }
+        if self.health_lease_ttl < Duration::from_millis(300) {
+            problems.push("HEALTH_LEASE_TTL: must be at least 300ms".into());
+        }
+        if self.registry_log_keep < 100 {
+            problems.push("REGISTRY_LOG_KEEP: must be at least 100".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_overrides_the_file_which_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("cp.toml", "grpc_addr = \"0.0.0.0:6000\"\nregion = \"eu\"")?;
+            jail.set_env("REGION", "us");
+            let config = Config::load(Some(Path::new("cp.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.grpc_addr, "0.0.0.0:6000");
+            assert_eq!(config.region, "us");
+            assert_eq!(config.database_url, "sqlite://reskflow.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let config = Config {
+            grpc_addr: "nope".into(),
+            database_url: "mysql://x".into(),
+            db_max_connections: 0,
+            ..Config::default()
+        };
+        let problems = config.validate().unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("GRPC_ADDR"));
+    }
+}

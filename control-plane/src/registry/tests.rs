@@ -1,0 +1,1 @@
+//! Registry tests with a real store live in tests below.

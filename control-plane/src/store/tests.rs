@@ -1,0 +1,154 @@
+//! One suite for the store, run on SQLite (a temp file) and, when `DATABASE_URL` points at
+//! PostgreSQL, on PostgreSQL too (each test in a schema of its own, so tests run in parallel).
+
+use std::time::Duration;
+
+use reskflow_proto::registry::{Change, Instance, Service};
+
+use super::testing::stores;
+use super::*;
+
+fn service(id: &str) -> Service {
+    let mut s: Service = serde_json::from_value(serde_json::json!({ "id": id })).unwrap();
+    s.normalize().unwrap();
+    s
+}
+
+fn instance(id: &str, service_id: &str) -> Instance {
+    let mut i: Instance = serde_json::from_value(serde_json::json!({
+        "id": id, "serviceId": service_id, "address": "127.0.0.1", "port": 8080
+    }))
+    .unwrap();
+    i.normalize(None).unwrap();
+    i
+}
+
+#[tokio::test]
+async fn a_service_id_can_be_registered_once() {
+    for (store, _guard) in stores().await {
+        store.apply(Mutation::CreateService(service("orders"))).await.unwrap();
+        let err = store.apply(Mutation::CreateService(service("orders"))).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{:?}: {err}", store.backend());
+    }
+}
+
+#[tokio::test]
+async fn an_instance_of_an_unknown_service_is_refused_and_nothing_is_written() {
+    for (store, _guard) in stores().await {
+        let err = store.apply(Mutation::CreateInstance(instance("i1", "ghost"))).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { kind: "service", .. }), "{err}");
+        let (services, instances, version) = store.load_registry().await.unwrap();
+        assert!(services.is_empty() && instances.is_empty());
+        assert_eq!(version, 0);
+    }
+}
+
+#[tokio::test]
+async fn changes_come_back_in_version_order_and_match_the_tables() {
+    for (store, _guard) in stores().await {
+        let mut seqs = Vec::new();
+        for m in [
+            Mutation::CreateService(service("orders")),
+            Mutation::CreateInstance(instance("o1", "orders")),
+            Mutation::CreateInstance(instance("o2", "orders")),
+            Mutation::DeleteInstance("o1".into()),
+        ] {
+            seqs.extend(store.apply(m).await.unwrap().into_iter().map(|r| r.seq));
+        }
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        let log = store.changes_since(0, 100).await.unwrap();
+        assert_eq!(log.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs);
+        assert!(matches!(&log[3].change, Change::InstanceDeleted(i) if i.id == "o1"));
+        let tail = store.changes_since(seqs[1], 100).await.unwrap();
+        assert_eq!(tail.len(), 2);
+
+        let (services, instances, version) = store.load_registry().await.unwrap();
+        assert_eq!(services.len(), 1);
+        assert_eq!(instances.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["o2"]);
+        assert_eq!(version, *seqs.last().unwrap());
+        assert!(instances[0].registered_at.is_some());
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_service_removes_its_instances_in_the_same_version_range() {
+    for (store, _guard) in stores().await {
+        store.apply(Mutation::CreateService(service("orders"))).await.unwrap();
+        store.apply(Mutation::CreateInstance(instance("o1", "orders"))).await.unwrap();
+        store.apply(Mutation::CreateInstance(instance("o2", "orders"))).await.unwrap();
+        let records = store.apply(Mutation::DeleteService("orders".into())).await.unwrap();
+        assert_eq!(records.len(), 3);
+        assert!(matches!(&records[2].change, Change::ServiceDeleted(id) if id == "orders"));
+        let (services, instances, _) = store.load_registry().await.unwrap();
+        assert!(services.is_empty() && instances.is_empty());
+        let err = store.apply(Mutation::DeleteService("orders".into())).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { .. }));
+    }
+}
+
+#[tokio::test]
+async fn replacing_a_service_keeps_its_creation_time() {
+    for (store, _guard) in stores().await {
+        let created = store.apply(Mutation::CreateService(service("orders"))).await.unwrap();
+        let Change::ServiceUpserted(first) = &created[0].change else { panic!() };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut next = service("orders");
+        next.description = "v2".into();
+        let replaced = store.apply(Mutation::ReplaceService(next)).await.unwrap();
+        let Change::ServiceUpserted(second) = &replaced[0].change else { panic!() };
+        assert_eq!(second.created_at, first.created_at);
+        assert!(second.updated_at > first.updated_at);
+        let err = store.apply(Mutation::ReplaceService(service("ghost"))).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { .. }));
+    }
+}
+
+#[tokio::test]
+async fn one_holder_owns_a_lease_until_it_expires_or_is_released() {
+    for (store, _guard) in stores().await {
+        let ttl = Duration::from_millis(200);
+        assert!(store.try_acquire_lease("checks", "a", ttl).await.unwrap());
+        assert!(!store.try_acquire_lease("checks", "b", ttl).await.unwrap());
+        assert!(store.try_acquire_lease("checks", "a", ttl).await.unwrap(), "renewal");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(store.try_acquire_lease("checks", "b", ttl).await.unwrap(), "takeover after expiry");
+        store.release_lease("checks", "b").await.unwrap();
+        assert!(store.try_acquire_lease("checks", "a", ttl).await.unwrap(), "after release");
+    }
+}
+
+#[tokio::test]
+async fn heartbeats_are_recorded_per_instance() {
+    for (store, _guard) in stores().await {
+        store.apply(Mutation::CreateService(service("orders"))).await.unwrap();
+        store.apply(Mutation::CreateInstance(instance("o1", "orders"))).await.unwrap();
+        assert!(store.record_heartbeat("o1", 42).await.unwrap());
+        assert!(!store.record_heartbeat("ghost", 42).await.unwrap());
+        assert_eq!(store.heartbeats().await.unwrap().get("o1"), Some(&42));
+    }
+}
+
+#[tokio::test]
+async fn compaction_keeps_the_newest_changes_and_remembers_where_it_cut() {
+    for (store, _guard) in stores().await {
+        store.apply(Mutation::CreateService(service("orders"))).await.unwrap();
+        for n in 0..5 {
+            store.apply(Mutation::CreateInstance(instance(&format!("o{n}"), "orders"))).await.unwrap();
+        }
+        let all = store.changes_since(0, 100).await.unwrap();
+        assert_eq!(store.compact_changes(2).await.unwrap(), 4);
+        let left = store.changes_since(0, 100).await.unwrap();
+        assert_eq!(left, all[4..].to_vec());
+        assert_eq!(store.compacted_through().await.unwrap(), all[3].seq);
+        let (_, _, version) = store.load_registry().await.unwrap();
+        assert_eq!(version, all[5].seq);
+    }
+}
+
+#[test]
+fn sqlite_urls_are_normalized() {
+    assert_eq!(normalize_url("sqlite:data.db").unwrap(), (Backend::Sqlite, "sqlite://data.db?mode=rwc".into()));
+    assert_eq!(normalize_url("sqlite://x.db?mode=ro").unwrap().1, "sqlite://x.db?mode=ro");
+    assert!(normalize_url("mysql://x").is_err());
+    assert!(normalize_url("sqlite:").is_err());
+}
