@@ -4,6 +4,9 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+/// `google.rpc.ErrorInfo` reason of an UNAVAILABLE discovery: the service exists but no instance fits.
+pub const NO_HEALTHY_INSTANCE: &str = "NO_HEALTHY_INSTANCE";
+
 /// One bad field: its camelCase path as in the REST API (`healthCheck.interval`, `tags[2]`) and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FieldViolation {

@@ -1,8 +1,9 @@
 //! Error -> `tonic::Status`, in one place. Internal errors are logged in full and sent as a generic
 //! message, so a client never sees database details.
 
-use reskflow_proto::invalid::Invalid;
-use tonic::Status;
+use reskflow_proto::invalid::{Invalid, NO_HEALTHY_INSTANCE};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 use tracing::error;
 
 use crate::registry::RegistryError;
@@ -15,7 +16,12 @@ impl From<RegistryError> for Status {
             RegistryError::Conflict(msg) => Status::already_exists(msg),
             RegistryError::FailedPrecondition(msg) => Status::failed_precondition(msg),
             RegistryError::NoInstance { service_id, why } => {
-                Status::unavailable(format!("no instance of {service_id} available: {why}"))
+                let details = ErrorDetails::with_error_info(NO_HEALTHY_INSTANCE, "reskflow", [("serviceId".to_string(), service_id.clone())]);
+                Status::with_error_details(
+                    Code::Unavailable,
+                    format!("no instance of {service_id} available: {why}"),
+                    details,
+                )
             }
             RegistryError::Unavailable(msg) => Status::unavailable(msg),
             RegistryError::Store(err) => {

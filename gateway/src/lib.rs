@@ -1,0 +1,77 @@
+//! ReskFlow gateway: the REST API in front of the control plane.
+//!
+//! - [`config`]: the typed configuration.
+//! - [`error`]: `ApiError`, the JSON error every endpoint answers with.
+//! - [`json`]: body and query extractors that name the failing field.
+//! - [`rest`]: one module per REST resource, each calling the control plane over gRPC.
+//!
+//! [`router`] builds the whole app from its state, so tests drive it in-process with `oneshot`.
+
+pub mod config;
+pub mod error;
+pub mod json;
+pub mod rest;
+
+use std::future::Future;
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use reskflow_proto::{Client, ClientOptions};
+use tokio::net::TcpListener;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tracing::info;
+
+use crate::config::Config;
+use crate::error::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub client: Client,
+    health: HealthClient<tonic::transport::Channel>,
+}
+
+impl AppState {
+    pub fn connect(config: &Config) -> anyhow::Result<Self> {
+        let options = ClientOptions { request_timeout: config.request_timeout, ..ClientOptions::default() };
+        let client = Client::connect_lazy(&config.orchestration_url, options.clone())
+            .context("ORCHESTRATION_URL is not a usable endpoint")?;
+        let channel = tonic::transport::Endpoint::from_shared(config.orchestration_url.clone())
+            .context("ORCHESTRATION_URL is not a usable endpoint")?
+            .connect_timeout(options.connect_timeout)
+            .connect_lazy();
+        Ok(AppState { client, health: HealthClient::new(channel) })
+    }
+}
+
+pub fn router(state: AppState, config: &Config) -> Router {
+    Router::new()
+        .merge(rest::registry::routes())
+        .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/ready", get(ready))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(state)
+}
+
+/// Ready when the control plane answers its gRPC health check.
+async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut health = state.health.clone();
+    let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
+    request.set_timeout(std::time::Duration::from_secs(2));
+    let status = health.check(request).await.map_err(|s| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "control_plane_unavailable", s.message().to_string())
+    })?;
+    Ok(Json(serde_json::json!({ "status": "ready", "controlPlane": status.into_inner().status().as_str_name() })))
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let state = AppState::connect(&config)?;
+    let app = router(state, &config);
+    info!(addr = %listener.local_addr()?, control_plane = %config.orchestration_url, "gateway serving REST");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("REST server failed")
+}

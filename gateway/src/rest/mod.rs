@@ -1,0 +1,4 @@
+//! The REST API, one file per resource; each handler parses the request into the domain model,
+//! calls the control plane over gRPC and encodes the answer.
+
+pub mod registry;
