@@ -1,0 +1,112 @@
+//! Real services for the registry to check: an HTTP server whose health answer can be switched, a
+//! TCP listener that can be closed and reopened on its port, and a gRPC server with the standard
+//! health service.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// An HTTP service whose `/health` answers the status code it is told to.
+pub struct HttpTarget {
+    pub addr: SocketAddr,
+    health: Arc<AtomicU16>,
+    task: JoinHandle<()>,
+}
+
+impl HttpTarget {
+    pub async fn start() -> HttpTarget {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let health = Arc::new(AtomicU16::new(200));
+        let app = Router::new()
+            .route(
+                "/health",
+                get(|State(code): State<Arc<AtomicU16>>| async move {
+                    StatusCode::from_u16(code.load(Ordering::Relaxed)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+                }),
+            )
+            .with_state(health.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        HttpTarget { addr, health, task }
+    }
+
+    /// From now on `/health` answers `code`.
+    pub fn answer(&self, code: u16) {
+        self.health.store(code, Ordering::Relaxed);
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for HttpTarget {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP port that accepts connections while open.
+pub struct TcpTarget {
+    pub port: u16,
+    listener: Option<std::net::TcpListener>,
+}
+
+impl TcpTarget {
+    pub fn start() -> TcpTarget {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        TcpTarget { port, listener: Some(listener) }
+    }
+
+    /// Stops accepting: connects are refused.
+    pub fn close(&mut self) {
+        self.listener = None;
+    }
+
+    /// Listens on the same port again.
+    pub fn reopen(&mut self) {
+        self.listener = Some(std::net::TcpListener::bind(("127.0.0.1", self.port)).expect("rebind the same port"));
+    }
+}
+
+/// A gRPC server serving only `grpc.health.v1.Health`.
+pub struct GrpcTarget {
+    pub port: u16,
+    reporter: tonic_health::server::HealthReporter,
+    task: JoinHandle<()>,
+}
+
+impl GrpcTarget {
+    pub async fn start(service: &str) -> GrpcTarget {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_service_status(service, tonic_health::ServingStatus::Serving).await;
+        let task = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming).await;
+        });
+        GrpcTarget { port, reporter, task }
+    }
+
+    pub async fn set_serving(&self, service: &str, serving: bool) {
+        let status = if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+        self.reporter.set_service_status(service, status).await;
+    }
+}
+
+impl Drop for GrpcTarget {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
