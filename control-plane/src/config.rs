@@ -19,7 +19,7 @@ pub const ENV_VARS: &[&str] = &[
     "HEALTH_LEASE_TTL",
     "REGISTRY_LOG_KEEP",
     "LOG_FORMAT",
-    "REGION",
+    "WORKER_THREADS",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,7 +45,8 @@ pub struct Config {
     /// Registry changes kept for watchers that reconnect with a version.
     pub registry_log_keep: u64,
     pub log_format: LogFormat,
-    pub region: String,
+    /// Async runtime worker threads; 0 = one per CPU.
+    pub worker_threads: usize,
 }
 
 impl Default for Config {
@@ -58,7 +59,7 @@ impl Default for Config {
             health_lease_ttl: Duration::from_secs(10),
             registry_log_keep: 100_000,
             log_format: LogFormat::Text,
-            region: String::new(),
+            worker_threads: 0,
         }
     }
 }
@@ -92,6 +93,9 @@ impl Config {
         if self.registry_log_keep < 100 {
             problems.push("REGISTRY_LOG_KEEP: must be at least 100".into());
         }
+        if self.worker_threads > 1024 {
+            problems.push("WORKER_THREADS: must be at most 1024 (0 = one per CPU)".into());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -108,11 +112,11 @@ mod tests {
     fn the_environment_overrides_the_file_which_overrides_defaults() {
         figment::Jail::expect_with(|jail| {
             jail.clear_env();
-            jail.create_file("cp.toml", "grpc_addr = \"0.0.0.0:6000\"\nregion = \"eu\"")?;
-            jail.set_env("REGION", "us");
+            jail.create_file("cp.toml", "grpc_addr = \"0.0.0.0:6000\"\nnode_id = \"file\"")?;
+            jail.set_env("NODE_ID", "env");
             let config = Config::load(Some(Path::new("cp.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(config.grpc_addr, "0.0.0.0:6000");
-            assert_eq!(config.region, "us");
+            assert_eq!(config.node_id, "env");
             assert_eq!(config.database_url, "sqlite://reskflow.db");
             Ok(())
         });

@@ -56,8 +56,15 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config) -> anyhow::Result<()> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    runtime.enable_all().build().context("while starting the async runtime")?.block_on(serve_on(config))
+}
+
+async fn serve_on(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.grpc_addr)
         .await
         .with_context(|| format!("while binding GRPC_ADDR {}", config.grpc_addr))?;

@@ -13,6 +13,8 @@ pub mod json;
 pub mod rest;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, State};
@@ -30,20 +32,40 @@ use crate::error::ApiError;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub client: Client,
+    /// Several HTTP/2 connections to the control plane: one connection's stream table is a lock
+    /// every request takes, so calls are spread over a few.
+    clients: Arc<[Client]>,
+    next: Arc<AtomicUsize>,
     health: HealthClient<tonic::transport::Channel>,
+    /// This gateway's location (`REGION`, `ZONE`).
+    pub region: String,
+    pub zone: String,
 }
 
 impl AppState {
     pub fn connect(config: &Config) -> anyhow::Result<Self> {
         let options = ClientOptions { request_timeout: config.request_timeout, ..ClientOptions::default() };
-        let client = Client::connect_lazy(&config.orchestration_url, options.clone())
+        let clients = (0..config.control_plane_connections.max(1))
+            .map(|_| Client::connect_lazy(&config.orchestration_url, options.clone()))
+            .collect::<Result<Arc<[Client]>, _>>()
             .context("ORCHESTRATION_URL is not a usable endpoint")?;
         let channel = tonic::transport::Endpoint::from_shared(config.orchestration_url.clone())
             .context("ORCHESTRATION_URL is not a usable endpoint")?
             .connect_timeout(options.connect_timeout)
             .connect_lazy();
-        Ok(AppState { client, health: HealthClient::new(channel) })
+        Ok(AppState {
+            clients,
+            next: Arc::new(AtomicUsize::new(0)),
+            health: HealthClient::new(channel),
+            region: config.region.clone(),
+            zone: config.zone.clone(),
+        })
+    }
+
+    /// A control-plane client (round robin over the connections).
+    pub fn client(&self) -> &Client {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.clients[n % self.clients.len()]
     }
 }
 

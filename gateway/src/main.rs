@@ -52,8 +52,15 @@ fn main() -> ExitCode {
     }
 }
 
-#[tokio::main]
-async fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config) -> anyhow::Result<()> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    runtime.enable_all().build().context("while starting the async runtime")?.block_on(serve_on(config))
+}
+
+async fn serve_on(config: Config) -> anyhow::Result<()> {
     let addr = format!("{}:{}", config.bind_addr, config.port);
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("while binding PORT {addr}"))?;
     reskflow_gateway::run(config, listener, shutdown_signal()).await

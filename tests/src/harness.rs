@@ -237,13 +237,19 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(cp: &ControlPlane) -> Gateway {
+        Self::start_with(cp, &[]).await
+    }
+
+    /// With extra environment variables (`REGION`, ...).
+    pub async fn start_with(cp: &ControlPlane, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let envs = vec![
+        let mut envs = vec![
             ("PORT".to_string(), port.to_string()),
             ("BIND_ADDR".to_string(), "127.0.0.1".to_string()),
             ("ORCHESTRATION_URL".to_string(), cp.grpc_url.clone()),
         ];
+        envs.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut process = Process::spawn("gateway", "gateway", &envs, dir.path());
         let url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();

@@ -324,3 +324,18 @@ async fn the_registry_survives_a_restart_of_the_control_plane() {
         assert_eq!(found["instance"]["id"], "o-1");
     }
 }
+
+#[tokio::test]
+async fn zone_aware_discovery_defaults_to_the_gateways_own_location() {
+    let cp = ControlPlane::start().await;
+    let gw = Gateway::start_with(&cp, &[("REGION", "eu"), ("ZONE", "eu-b")]).await;
+    register(&gw, json!({"id": "stock"})).await;
+    for (id, zone) in [("s-a", "eu-a"), ("s-b", "eu-b")] {
+        instance(&gw, json!({"id": id, "serviceId": "stock", "address": "127.0.0.1", "port": 1, "region": "eu", "zone": zone})).await;
+    }
+    for _ in 0..3 {
+        let (status, found) = gw.post("/api/registry/discover", json!({"serviceId": "stock", "strategy": "zone_aware"})).await;
+        assert_eq!(status, 200, "{found}");
+        assert_eq!((found["instance"]["id"].as_str(), found["locality"].as_str()), (Some("s-b"), Some("zone")));
+    }
+}
