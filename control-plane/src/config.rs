@@ -66,12 +66,15 @@ impl Default for Config {
 
 impl Config {
     /// Defaults, then the file (if any), then the environment.
-    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment.merge(Env::raw().only(ENV_VARS).map(|k| k.as_str().to_ascii_lowercase().into())).extract()
+        figment
+            .merge(Env::raw().only(ENV_VARS).map(|k| k.as_str().to_ascii_lowercase().into()))
+            .extract()
+            .map_err(Box::new)
     }
 
     /// Every problem, each naming its variable.
@@ -109,6 +112,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment::Error
     fn the_environment_overrides_the_file_which_overrides_defaults() {
         figment::Jail::expect_with(|jail| {
             jail.clear_env();

@@ -32,7 +32,11 @@ use crate::store::Store;
 const COMPACT_EVERY: Duration = Duration::from_secs(600);
 
 /// Runs the control plane on `listener` until `shutdown` resolves, then drains background tasks.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let mut store_options = store::Options::new(&config.database_url);
     store_options.max_connections = config.db_max_connections;
     let store = Store::connect(&store_options).await.context("while opening the store")?;

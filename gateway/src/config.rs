@@ -78,12 +78,15 @@ impl Default for Config {
 }
 
 impl Config {
-    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment.merge(Env::raw().only(ENV_VARS).map(|k| k.as_str().to_ascii_lowercase().into())).extract()
+        figment
+            .merge(Env::raw().only(ENV_VARS).map(|k| k.as_str().to_ascii_lowercase().into()))
+            .extract()
+            .map_err(Box::new)
     }
 
     pub fn validate(&self) -> Result<(), Vec<String>> {

@@ -38,7 +38,12 @@ impl ApiError {
     }
 
     pub fn invalid(invalid: Invalid) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, code: "invalid_argument", message: invalid.to_string(), fields: invalid.0 }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_argument",
+            message: invalid.to_string(),
+            fields: invalid.0,
+        }
     }
 
     pub fn field(field: impl Into<String>, description: impl Into<String>) -> Self {
@@ -64,7 +69,9 @@ impl From<tonic::Status> for ApiError {
         }
         let message = status.message().to_string();
         let (http, code) = match status.code() {
-            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+                (StatusCode::BAD_REQUEST, "invalid_argument")
+            }
             Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Code::AlreadyExists | Code::Aborted => (StatusCode::CONFLICT, "conflict"),
             Code::PermissionDenied => (StatusCode::FORBIDDEN, "forbidden"),

@@ -101,10 +101,8 @@ impl Client {
     }
 
     pub async fn list_services(&self, page: Page) -> Result<ServiceList, Status> {
-        let req = self.request(pb::ListServicesRequest {
-            page_size: page.page_size.unwrap_or(0),
-            page_token: page.page_token,
-        });
+        let req = self
+            .request(pb::ListServicesRequest { page_size: page.page_size.unwrap_or(0), page_token: page.page_token });
         let reply = self.registry().list_services(req).await?.into_inner();
         ServiceList::try_from(reply).map_err(bad_reply)
     }
@@ -161,7 +159,11 @@ impl Client {
     }
 
     /// Opens a watch stream (no deadline: it lives as long as the caller reads it).
-    pub async fn watch(&self, since_version: u64, service_ids: Vec<String>) -> Result<Streaming<pb::WatchEvent>, Status> {
+    pub async fn watch(
+        &self,
+        since_version: u64,
+        service_ids: Vec<String>,
+    ) -> Result<Streaming<pb::WatchEvent>, Status> {
         let req = tonic::Request::new(pb::WatchRequest { since_version, service_ids });
         Ok(self.registry().watch(req).await?.into_inner())
     }

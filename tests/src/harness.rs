@@ -167,9 +167,8 @@ impl ControlPlane {
 
     pub async fn start_with(options: ControlPlaneOptions) -> ControlPlane {
         let dir = tempfile::tempdir().expect("temp dir");
-        let database_url = options
-            .database_url
-            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("reskflow.db").display()));
+        let database_url =
+            options.database_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("reskflow.db").display()));
         let port = free_port();
         let mut envs = vec![
             ("GRPC_ADDR".to_string(), format!("127.0.0.1:{port}")),
@@ -186,10 +185,8 @@ impl ControlPlane {
 
     async fn wait_ready(&mut self) {
         for _ in 0..300 {
-            if let Ok(channel) = tonic::transport::Endpoint::from_shared(self.grpc_url.clone())
-                .expect("endpoint")
-                .connect()
-                .await
+            if let Ok(channel) =
+                tonic::transport::Endpoint::from_shared(self.grpc_url.clone()).expect("endpoint").connect().await
             {
                 let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
                 let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
@@ -223,8 +220,7 @@ impl ControlPlane {
     }
 
     pub fn client(&self) -> reskflow_proto::Client {
-        reskflow_proto::Client::connect_lazy(&self.grpc_url, reskflow_proto::ClientOptions::default())
-            .expect("client")
+        reskflow_proto::Client::connect_lazy(&self.grpc_url, reskflow_proto::ClientOptions::default()).expect("client")
     }
 }
 
@@ -280,7 +276,8 @@ impl Gateway {
         let response = request.send().await.expect("gateway answers");
         let status = response.status().as_u16();
         let text = response.text().await.expect("body");
-        let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let json =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         (status, json)
     }
 

@@ -100,7 +100,8 @@ impl GrpcTarget {
     }
 
     pub async fn set_serving(&self, service: &str, serving: bool) {
-        let status = if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+        let status =
+            if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
         self.reporter.set_service_status(service, status).await;
     }
 }

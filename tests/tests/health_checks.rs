@@ -1,6 +1,8 @@
 //! The control plane checks real HTTP, TCP and gRPC targets whose health flips during the test,
 //! expires TTL checks, and deregisters instances that stay critical.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
 use std::time::Duration;
 
 use reskflow_e2e::harness::{eventually, ControlPlane, Gateway};
@@ -70,7 +72,12 @@ async fn http_checks_follow_the_targets_answers() {
         let (status, found) = gw.post("/api/registry/discover", json!({"serviceId": "web"})).await;
         assert_eq!((status, found["instance"]["id"].as_str()), (200, Some("web-2")), "only passing instances");
     }
-    let (status, found) = gw.post("/api/registry/discover", json!({"serviceId": "web", "health": "any", "strategy": "consistent_hash", "hashKey": "k"})).await;
+    let (status, found) = gw
+        .post(
+            "/api/registry/discover",
+            json!({"serviceId": "web", "health": "any", "strategy": "consistent_hash", "hashKey": "k"}),
+        )
+        .await;
     assert_eq!(status, 200, "{found}");
 
     target.answer(200);
@@ -131,8 +138,12 @@ async fn ttl_checks_pass_on_heartbeats_and_expire_without_them() {
 
     let (code, beat) = gw.post("/api/registry/instances/w-1/heartbeat", json!({})).await;
     assert_eq!((code, beat["status"].as_str()), (200, Some("passing")), "{beat}");
-    let (code, beat) = gw.put("/api/registry/instances/w-1/heartbeat", json!({"status": "warning", "output": "disk 91%"})).await;
-    assert_eq!((code, beat["status"].as_str(), beat["statusOutput"].as_str()), (200, Some("warning"), Some("disk 91%")));
+    let (code, beat) =
+        gw.put("/api/registry/instances/w-1/heartbeat", json!({"status": "warning", "output": "disk 91%"})).await;
+    assert_eq!(
+        (code, beat["status"].as_str(), beat["statusOutput"].as_str()),
+        (200, Some("warning"), Some("disk 91%"))
+    );
 
     let expired = wait_for(&gw, "worker", "w-1", "critical").await;
     assert!(expired["statusOutput"].as_str().unwrap().contains("ttl expired"), "{expired}");
@@ -176,7 +187,8 @@ async fn many_hanging_instances_do_not_delay_the_others_or_the_api() {
     let hanging: Vec<std::net::TcpListener> =
         (0..50).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     register(&gw, json!({"id": "slow", "healthCheck": {"kind": "http", "interval": "2s", "timeout": "2s"}})).await;
-    register(&gw, json!({"id": "fast", "healthCheck": {"kind": "http", "interval": "100ms", "timeout": "100ms"}})).await;
+    register(&gw, json!({"id": "fast", "healthCheck": {"kind": "http", "interval": "100ms", "timeout": "100ms"}}))
+        .await;
     for (n, l) in hanging.iter().enumerate() {
         add_instance(&gw, &format!("slow-{n}"), "slow", l.local_addr().unwrap().port()).await;
     }

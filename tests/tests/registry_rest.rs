@@ -1,5 +1,7 @@
 //! Every registry endpoint through the real gateway and control plane, on SQLite and PostgreSQL.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
 use reskflow_e2e::harness::{backends, ControlPlane, Gateway};
 use serde_json::{json, Value};
 
@@ -108,8 +110,12 @@ async fn instances_are_registered_and_deregistered() {
         let generated = instance(&gw, json!({"serviceId": "payments", "address": "10.0.0.8", "port": 8080})).await;
         assert!(generated["id"].as_str().unwrap().starts_with("payments-"));
 
-        let (status, body) =
-            gw.post("/api/registry/instances", json!({"id": "payments-1", "serviceId": "payments", "address": "10.0.0.9", "port": 1})).await;
+        let (status, body) = gw
+            .post(
+                "/api/registry/instances",
+                json!({"id": "payments-1", "serviceId": "payments", "address": "10.0.0.9", "port": 1}),
+            )
+            .await;
         assert_eq!(status, 409, "{body}");
         let (status, body) =
             gw.post("/api/registry/instances", json!({"serviceId": "ghost", "address": "10.0.0.9", "port": 1})).await;
@@ -138,7 +144,8 @@ async fn bad_input_is_a_400_naming_every_field_and_writes_nothing() {
     assert_eq!(status, 400);
     assert_eq!(fields(&body), ["address", "port", "weight"]);
 
-    let (status, body) = gw.post("/api/registry/instances", json!({"serviceId": "orders", "address": "x", "port": 70000})).await;
+    let (status, body) =
+        gw.post("/api/registry/instances", json!({"serviceId": "orders", "address": "x", "port": 70000})).await;
     assert_eq!((status, fields(&body)), (400, vec!["port".to_string()]));
 
     let (status, body) = gw.post("/api/registry/services", json!({"id": "x", "colour": "red"})).await;
@@ -213,15 +220,18 @@ async fn discovery_balances_filters_and_says_503_when_nothing_is_healthy() {
         seen.sort();
         assert_eq!(seen, ["s1", "s2", "s3"], "round robin visits each instance once per cycle");
 
-        let (_, found) = discover(json!({"serviceId": "stock", "strategy": "zone_aware", "region": "eu", "zone": "a"})).await;
+        let (_, found) =
+            discover(json!({"serviceId": "stock", "strategy": "zone_aware", "region": "eu", "zone": "a"})).await;
         assert_eq!((found["instance"]["id"].as_str(), found["locality"].as_str()), (Some("s1"), Some("zone")));
         let (_, found) = discover(json!({"serviceId": "stock", "tags": ["canary"]})).await;
         assert_eq!(found["instance"]["id"], "s2");
         let (_, found) = discover(json!({"serviceId": "stock", "version": "1", "strategy": "random"})).await;
         assert_eq!(found["candidates"], 2);
-        let (_, first) = discover(json!({"serviceId": "stock", "strategy": "consistent_hash", "hashKey": "user-42"})).await;
+        let (_, first) =
+            discover(json!({"serviceId": "stock", "strategy": "consistent_hash", "hashKey": "user-42"})).await;
         for _ in 0..5 {
-            let (_, again) = discover(json!({"serviceId": "stock", "strategy": "consistent_hash", "hashKey": "user-42"})).await;
+            let (_, again) =
+                discover(json!({"serviceId": "stock", "strategy": "consistent_hash", "hashKey": "user-42"})).await;
             assert_eq!(again["instance"]["id"], first["instance"]["id"]);
         }
         let (status, _) = discover(json!({"serviceId": "stock", "strategy": "weighted"})).await;
@@ -246,11 +256,17 @@ async fn discovery_balances_filters_and_says_503_when_nothing_is_healthy() {
 async fn search_matches_text_tags_capabilities_metadata_and_health() {
     for backend in backends() {
         let (_cp, gw) = system(backend).await;
-        register(&gw, json!({"id": "orders", "description": "Takes ORDERS", "tags": ["core", "checkout"],
-                             "capabilities": ["create"], "metadata": {"team": "checkout", "tier": "1"}}))
+        register(
+            &gw,
+            json!({"id": "orders", "description": "Takes ORDERS", "tags": ["core", "checkout"],
+                             "capabilities": ["create"], "metadata": {"team": "checkout", "tier": "1"}}),
+        )
         .await;
-        register(&gw, json!({"id": "payments", "tags": ["core"], "capabilities": ["charge", "refund"],
-                             "metadata": {"team": "money"}}))
+        register(
+            &gw,
+            json!({"id": "payments", "tags": ["core"], "capabilities": ["charge", "refund"],
+                             "metadata": {"team": "money"}}),
+        )
         .await;
         register(&gw, json!({"id": "mail", "tags": ["edge"]})).await;
         instance(&gw, json!({"serviceId": "mail", "address": "127.0.0.1", "port": 25})).await;
@@ -288,7 +304,8 @@ async fn the_dependency_graph_flags_cycles_and_unregistered_services() {
         let (_cp, gw) = system(backend).await;
         register(&gw, json!({"id": "web", "dependencies": ["orders"]})).await;
         register(&gw, json!({"id": "orders", "dependencies": ["payments", "stock"]})).await;
-        register(&gw, json!({"id": "payments", "dependencies": ["ledger", {"serviceId": "fraud", "optional": true}]})).await;
+        register(&gw, json!({"id": "payments", "dependencies": ["ledger", {"serviceId": "fraud", "optional": true}]}))
+            .await;
         register(&gw, json!({"id": "ledger", "dependencies": ["payments"]})).await;
 
         let (status, graph) = gw.get("/api/registry/services/orders/dependencies").await;
@@ -316,11 +333,12 @@ async fn the_registry_survives_a_restart_of_the_control_plane() {
         register(&gw, json!({"id": "orders"})).await;
         instance(&gw, json!({"id": "o-1", "serviceId": "orders", "address": "127.0.0.1", "port": 1})).await;
         cp.crash_and_restart().await;
-        let found = reskflow_e2e::harness::eventually("the gateway reconnects", std::time::Duration::from_secs(10), || async {
-            let (status, body) = gw.post("/api/registry/discover", json!({"serviceId": "orders"})).await;
-            (status == 200).then_some(body)
-        })
-        .await;
+        let found =
+            reskflow_e2e::harness::eventually("the gateway reconnects", std::time::Duration::from_secs(10), || async {
+                let (status, body) = gw.post("/api/registry/discover", json!({"serviceId": "orders"})).await;
+                (status == 200).then_some(body)
+            })
+            .await;
         assert_eq!(found["instance"]["id"], "o-1");
     }
 }
@@ -331,10 +349,15 @@ async fn zone_aware_discovery_defaults_to_the_gateways_own_location() {
     let gw = Gateway::start_with(&cp, &[("REGION", "eu"), ("ZONE", "eu-b")]).await;
     register(&gw, json!({"id": "stock"})).await;
     for (id, zone) in [("s-a", "eu-a"), ("s-b", "eu-b")] {
-        instance(&gw, json!({"id": id, "serviceId": "stock", "address": "127.0.0.1", "port": 1, "region": "eu", "zone": zone})).await;
+        instance(
+            &gw,
+            json!({"id": id, "serviceId": "stock", "address": "127.0.0.1", "port": 1, "region": "eu", "zone": zone}),
+        )
+        .await;
     }
     for _ in 0..3 {
-        let (status, found) = gw.post("/api/registry/discover", json!({"serviceId": "stock", "strategy": "zone_aware"})).await;
+        let (status, found) =
+            gw.post("/api/registry/discover", json!({"serviceId": "stock", "strategy": "zone_aware"})).await;
         assert_eq!(status, 200, "{found}");
         assert_eq!((found["instance"]["id"].as_str(), found["locality"].as_str()), (Some("s-b"), Some("zone")));
     }

@@ -1,6 +1,8 @@
 //! The gRPC Watch stream (snapshot, ordered changes, resume from a version across a restart) and
 //! several control-plane replicas sharing one PostgreSQL database.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
 use std::time::Duration;
 
 use reskflow_e2e::harness::{eventually, fresh_postgres_url, ControlPlane, ControlPlaneOptions, Gateway};
@@ -153,11 +155,17 @@ async fn another_replica_takes_over_health_checks_when_the_checker_dies() {
     let gw = Gateway::start(&b).await;
     let target = HttpTarget::start().await;
     let (status, _) = gw
-        .post("/api/registry/services", json!({"id": "web", "healthCheck": {"kind": "http", "interval": "100ms", "timeout": "100ms"}}))
+        .post(
+            "/api/registry/services",
+            json!({"id": "web", "healthCheck": {"kind": "http", "interval": "100ms", "timeout": "100ms"}}),
+        )
         .await;
     assert_eq!(status, 201);
     let (status, _) = gw
-        .post("/api/registry/instances", json!({"id": "web-1", "serviceId": "web", "address": "127.0.0.1", "port": target.port()}))
+        .post(
+            "/api/registry/instances",
+            json!({"id": "web-1", "serviceId": "web", "address": "127.0.0.1", "port": target.port()}),
+        )
         .await;
     assert_eq!(status, 201);
     let health = |want: &'static str| {

@@ -6,8 +6,8 @@ use std::pin::Pin;
 use futures::Stream;
 use reskflow_proto::pb::registry::v1 as pb;
 use reskflow_proto::pb::registry::v1::registry_server;
-use reskflow_proto::registry::*;
 use reskflow_proto::registry::health_status_from_pb;
+use reskflow_proto::registry::*;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -37,7 +37,10 @@ fn service_from(s: Option<pb::Service>) -> Result<Service, Status> {
 
 #[tonic::async_trait]
 impl registry_server::Registry for RegistryApi {
-    async fn register_service(&self, req: Request<pb::RegisterServiceRequest>) -> Result<Response<pb::Service>, Status> {
+    async fn register_service(
+        &self,
+        req: Request<pb::RegisterServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
         let service = service_from(req.into_inner().service)?;
         Ok(Response::new(self.registry.register_service(service).await?.into()))
     }
@@ -143,7 +146,8 @@ impl registry_server::Registry for RegistryApi {
         for (i, id) in r.service_ids.iter().enumerate() {
             check_id(&format!("serviceIds[{i}]"), id)?;
         }
-        let compacted = self.registry.store().compacted_through().await.map_err(crate::registry::RegistryError::from)?;
+        let compacted =
+            self.registry.store().compacted_through().await.map_err(crate::registry::RegistryError::from)?;
         let (tx, rx) = mpsc::channel(256);
         let span = tracing::debug_span!("watch", since = r.since_version, services = r.service_ids.len());
         tokio::spawn(feed_watcher(self.registry.clone(), r, compacted, tx).instrument(span));
@@ -153,7 +157,12 @@ impl registry_server::Registry for RegistryApi {
 
 type WatchSender = mpsc::Sender<Result<pb::WatchEvent, Status>>;
 
-fn snapshot_event(services: Vec<Service>, instances: Vec<Instance>, version: u64, wanted: &(dyn Fn(&str) -> bool + Sync)) -> pb::WatchEvent {
+fn snapshot_event(
+    services: Vec<Service>,
+    instances: Vec<Instance>,
+    version: u64,
+    wanted: &(dyn Fn(&str) -> bool + Sync),
+) -> pb::WatchEvent {
     pb::WatchEvent {
         version,
         event: Some(pb::watch_event::Event::Snapshot(pb::Snapshot {
@@ -212,7 +221,13 @@ async fn feed_watcher(registry: Registry, request: pb::WatchRequest, compacted: 
 }
 
 /// Replays the stored changes in (since, until]. False when the log could not be read.
-async fn replay(registry: &Registry, since: u64, until: u64, wanted: &(dyn Fn(&str) -> bool + Sync), tx: &WatchSender) -> bool {
+async fn replay(
+    registry: &Registry,
+    since: u64,
+    until: u64,
+    wanted: &(dyn Fn(&str) -> bool + Sync),
+    tx: &WatchSender,
+) -> bool {
     let mut after = since;
     while after < until {
         let Ok(batch) = registry.store().changes_since(after, 1000).await else {

@@ -16,7 +16,11 @@ impl From<RegistryError> for Status {
             RegistryError::Conflict(msg) => Status::already_exists(msg),
             RegistryError::FailedPrecondition(msg) => Status::failed_precondition(msg),
             RegistryError::NoInstance { service_id, why } => {
-                let details = ErrorDetails::with_error_info(NO_HEALTHY_INSTANCE, "reskflow", [("serviceId".to_string(), service_id.clone())]);
+                let details = ErrorDetails::with_error_info(
+                    NO_HEALTHY_INSTANCE,
+                    "reskflow",
+                    [("serviceId".to_string(), service_id.clone())],
+                );
                 Status::with_error_details(
                     Code::Unavailable,
                     format!("no instance of {service_id} available: {why}"),

@@ -141,7 +141,8 @@ mod tests {
     use super::*;
 
     fn entry(instances: &[(&str, HealthStatus, &str, u32)]) -> ServiceEntry {
-        let service: Service = serde_json::from_value(serde_json::json!({"id": "svc", "capabilities": ["pay"]})).unwrap();
+        let service: Service =
+            serde_json::from_value(serde_json::json!({"id": "svc", "capabilities": ["pay"]})).unwrap();
         let mut map = BTreeMap::new();
         for (id, status, zone, weight) in instances {
             let mut i: Instance = serde_json::from_value(serde_json::json!({
@@ -196,8 +197,10 @@ mod tests {
 
     #[test]
     fn consistent_hash_maps_a_key_to_one_instance_and_moves_few_keys_when_one_leaves() {
-        let all = entry(&[("a", Passing, "z", 1), ("b", Passing, "z", 1), ("c", Passing, "z", 1), ("d", Passing, "z", 1)]);
-        let three = entry(&[("a", Passing, "z", 1), ("b", Passing, "z", 1), ("c", Passing, "z", 1), ("d", Critical, "z", 1)]);
+        let all =
+            entry(&[("a", Passing, "z", 1), ("b", Passing, "z", 1), ("c", Passing, "z", 1), ("d", Passing, "z", 1)]);
+        let three =
+            entry(&[("a", Passing, "z", 1), ("b", Passing, "z", 1), ("c", Passing, "z", 1), ("d", Critical, "z", 1)]);
         let mut moved = 0;
         for k in 0..1000 {
             let mut q = query(Strategy::ConsistentHash);

@@ -57,7 +57,12 @@ pub struct Tally {
 
 impl Tally {
     /// Feeds one result; returns the new status when a threshold is reached.
-    pub fn observe(&mut self, current: HealthStatus, result: HealthStatus, check: &HealthCheck) -> Option<HealthStatus> {
+    pub fn observe(
+        &mut self,
+        current: HealthStatus,
+        result: HealthStatus,
+        check: &HealthCheck,
+    ) -> Option<HealthStatus> {
         if result == current {
             self.streak = None;
             return None;
@@ -235,7 +240,12 @@ fn wanted_probes(registry: &Registry) -> HashMap<String, ProbeSpec> {
         .collect()
 }
 
-fn reconcile(registry: &Registry, probes: &mut HashMap<String, Probe>, tasks: &mut JoinSet<()>, http: &reqwest::Client) {
+fn reconcile(
+    registry: &Registry,
+    probes: &mut HashMap<String, Probe>,
+    tasks: &mut JoinSet<()>,
+    http: &reqwest::Client,
+) {
     let wanted = wanted_probes(registry);
     probes.retain(|id, probe| {
         let keep = wanted.get(id) == Some(&probe.spec) && !probe.handle.is_finished();

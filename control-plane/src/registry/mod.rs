@@ -195,10 +195,8 @@ impl Registry {
             let state = self.read();
             let service_version = state.services.get(&instance.service_id).map(|e| e.service.version.clone());
             instance.normalize(service_version.as_deref())?;
-            let entry = state
-                .services
-                .get(&instance.service_id)
-                .ok_or_else(|| not_found("service", &instance.service_id))?;
+            let entry =
+                state.services.get(&instance.service_id).ok_or_else(|| not_found("service", &instance.service_id))?;
             entry.service.check_kind()
         };
         // As in Consul, a checked instance is critical until its first check passes; an instance

@@ -10,9 +10,7 @@ pub const DEFAULT_PAGE_SIZE: u32 = 50;
 
 fn matches(entry: &ServiceEntry, q: &SearchQuery, text: &str) -> bool {
     let s = &entry.service;
-    if !text.is_empty()
-        && ![&s.id, &s.name, &s.description].iter().any(|field| field.to_lowercase().contains(text))
-    {
+    if !text.is_empty() && ![&s.id, &s.name, &s.description].iter().any(|field| field.to_lowercase().contains(text)) {
         return false;
     }
     if !q.tags.is_empty() {

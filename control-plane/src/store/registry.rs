@@ -65,9 +65,7 @@ fn decode_change(row: &AnyRow) -> Result<ChangeRecord, StoreError> {
     let entity_id: String = row.try_get("entity_id")?;
     let body: Option<Vec<u8>> = row.try_get("body")?;
     let what = format!("change {seq}");
-    let body = || {
-        body.as_deref().ok_or_else(|| StoreError::Corrupt { what: what.clone(), why: "no body".into() })
-    };
+    let body = || body.as_deref().ok_or_else(|| StoreError::Corrupt { what: what.clone(), why: "no body".into() });
     let change = match kind.as_str() {
         "service_upserted" => Change::ServiceUpserted(decode_service(&what, body()?)?),
         "service_deleted" => Change::ServiceDeleted(entity_id),
@@ -98,10 +96,8 @@ async fn append_change(tx: &mut Transaction<'_, Any>, change: &Change, now: i64)
 }
 
 async fn stored_service(tx: &mut Transaction<'_, Any>, id: &str) -> Result<Option<Service>, StoreError> {
-    let body: Option<Vec<u8>> = sqlx::query_scalar("SELECT body FROM services WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let body: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT body FROM services WHERE id = $1").bind(id).fetch_optional(&mut **tx).await?;
     body.map(|b| decode_service(&format!("service {id}"), &b)).transpose()
 }
 
@@ -113,10 +109,7 @@ impl Store {
         let _gate = self.write_gate.lock().await;
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
-                .bind(REGISTRY_WRITE_LOCK)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)").bind(REGISTRY_WRITE_LOCK).execute(&mut *tx).await?;
         }
         let now = now_ms();
         let changes = write_rows(&mut tx, mutation, now).await?;
@@ -139,9 +132,8 @@ impl Store {
         if self.backend == Backend::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
         }
-        let version: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM registry_changes")
-            .fetch_one(&mut *tx)
-            .await?;
+        let version: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM registry_changes").fetch_one(&mut *tx).await?;
         let compacted = self.compacted_through_in(&mut tx).await?;
         let mut services = Vec::new();
         for row in sqlx::query("SELECT id, body FROM services ORDER BY id").fetch_all(&mut *tx).await? {
@@ -159,13 +151,12 @@ impl Store {
 
     /// Changes after `after`, oldest first, at most `limit`.
     pub async fn changes_since(&self, after: u64, limit: u32) -> Result<Vec<ChangeRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, kind, entity_id, body FROM registry_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(i64::try_from(after).unwrap_or(i64::MAX))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT seq, kind, entity_id, body FROM registry_changes WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(i64::try_from(after).unwrap_or(i64::MAX))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(decode_change).collect()
     }
 
@@ -189,14 +180,10 @@ impl Store {
         let _gate = self.write_gate.lock().await;
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)")
-                .bind(REGISTRY_WRITE_LOCK)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)").bind(REGISTRY_WRITE_LOCK).execute(&mut *tx).await?;
         }
-        let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM registry_changes")
-            .fetch_one(&mut *tx)
-            .await?;
+        let max: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM registry_changes").fetch_one(&mut *tx).await?;
         let through = max - i64::try_from(keep).unwrap_or(i64::MAX).min(max);
         if through <= 0 {
             tx.commit().await?;
@@ -230,9 +217,7 @@ impl Store {
         let rows = sqlx::query("SELECT id, last_heartbeat_ms FROM instances WHERE last_heartbeat_ms > 0")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get::<String, _>("id")?, r.try_get::<i64, _>("last_heartbeat_ms")?)))
-            .collect()
+        rows.iter().map(|r| Ok((r.try_get::<String, _>("id")?, r.try_get::<i64, _>("last_heartbeat_ms")?))).collect()
     }
 }
 

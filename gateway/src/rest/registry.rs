@@ -37,7 +37,10 @@ fn path_id(field: &str, id: &str) -> ApiResult<()> {
     }
 }
 
-async fn register_service(State(s): State<AppState>, JsonBody(service): JsonBody<Service>) -> ApiResult<impl IntoResponse> {
+async fn register_service(
+    State(s): State<AppState>,
+    JsonBody(service): JsonBody<Service>,
+) -> ApiResult<impl IntoResponse> {
     let created = s.client().register_service(service).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -73,7 +76,10 @@ struct ListParams {
     page_token: String,
 }
 
-async fn list_services(State(s): State<AppState>, QueryParams(p): QueryParams<ListParams>) -> ApiResult<Json<ServiceList>> {
+async fn list_services(
+    State(s): State<AppState>,
+    QueryParams(p): QueryParams<ListParams>,
+) -> ApiResult<Json<ServiceList>> {
     check_page(p.page_size).map_err(ApiError::invalid)?;
     Ok(Json(s.client().list_services(Page { page_size: p.page_size, page_token: p.page_token }).await?))
 }
@@ -94,7 +100,10 @@ async fn dependencies(State(s): State<AppState>, Path(id): Path<String>) -> ApiR
     Ok(Json(s.client().dependencies(&id).await?))
 }
 
-async fn register_instance(State(s): State<AppState>, JsonBody(instance): JsonBody<Instance>) -> ApiResult<impl IntoResponse> {
+async fn register_instance(
+    State(s): State<AppState>,
+    JsonBody(instance): JsonBody<Instance>,
+) -> ApiResult<impl IntoResponse> {
     let created = s.client().register_instance(instance).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -114,7 +123,10 @@ async fn heartbeat(
     Ok(Json(s.client().heartbeat(&id, beat).await?))
 }
 
-async fn discover(State(s): State<AppState>, JsonBody(mut query): JsonBody<DiscoverQuery>) -> ApiResult<Json<Discovered>> {
+async fn discover(
+    State(s): State<AppState>,
+    JsonBody(mut query): JsonBody<DiscoverQuery>,
+) -> ApiResult<Json<Discovered>> {
     // A zone-aware query that names no location is about the caller: this gateway.
     if query.strategy == Strategy::ZoneAware && query.region.is_empty() && query.zone.is_empty() {
         query.region.clone_from(&s.region);

@@ -78,7 +78,9 @@ fn check_kind_from_pb(value: i32) -> Result<CheckKind, Invalid> {
         Ok(pb::CheckKind::Tcp) => Ok(CheckKind::Tcp),
         Ok(pb::CheckKind::Grpc) => Ok(CheckKind::Grpc),
         Ok(pb::CheckKind::Ttl) => Ok(CheckKind::Ttl),
-        Ok(pb::CheckKind::Unspecified) => Err(Invalid::one("healthCheck.kind", "is required (none, http, tcp, grpc or ttl)")),
+        Ok(pb::CheckKind::Unspecified) => {
+            Err(Invalid::one("healthCheck.kind", "is required (none, http, tcp, grpc or ttl)"))
+        }
         Err(_) => Err(Invalid::one("healthCheck.kind", format!("unknown check kind {value}"))),
     }
 }
@@ -139,9 +141,11 @@ impl From<Service> for pb::Service {
                 failure_threshold: c.failure_threshold,
                 deregister_critical_after_ms: opt_dur_ms(c.deregister_critical_after),
             }),
-            api_contract: s
-                .api_contract
-                .map(|c| pb::ApiContract { kind: c.kind, location: c.location, version: c.version }),
+            api_contract: s.api_contract.map(|c| pb::ApiContract {
+                kind: c.kind,
+                location: c.location,
+                version: c.version,
+            }),
             created_at_ms: to_ms(s.created_at),
             updated_at_ms: to_ms(s.updated_at),
         }
@@ -158,8 +162,16 @@ impl TryFrom<pb::Service> for Service {
                 path: c.http_path,
                 method: c.http_method,
                 grpc_service: c.grpc_service,
-                interval: if c.interval_ms == 0 { HealthCheck::default_interval() } else { Duration::from_millis(c.interval_ms) },
-                timeout: if c.timeout_ms == 0 { HealthCheck::default_timeout() } else { Duration::from_millis(c.timeout_ms) },
+                interval: if c.interval_ms == 0 {
+                    HealthCheck::default_interval()
+                } else {
+                    Duration::from_millis(c.interval_ms)
+                },
+                timeout: if c.timeout_ms == 0 {
+                    HealthCheck::default_timeout()
+                } else {
+                    Duration::from_millis(c.timeout_ms)
+                },
                 ttl: ms_opt_dur(c.ttl_ms),
                 success_threshold: if c.success_threshold == 0 { 1 } else { c.success_threshold },
                 failure_threshold: if c.failure_threshold == 0 { 1 } else { c.failure_threshold },
@@ -185,9 +197,11 @@ impl TryFrom<pb::Service> for Service {
                 .map(|d| Dependency { service_id: d.service_id, version: d.version, optional: d.optional })
                 .collect(),
             health_check,
-            api_contract: s
-                .api_contract
-                .map(|c| ApiContract { kind: c.kind, location: c.location, version: c.version }),
+            api_contract: s.api_contract.map(|c| ApiContract {
+                kind: c.kind,
+                location: c.location,
+                version: c.version,
+            }),
             created_at: from_ms(s.created_at_ms),
             updated_at: from_ms(s.updated_at_ms),
         })
@@ -480,7 +494,11 @@ impl TryFrom<pb::DependencyGraph> for DependencyGraph {
                 .nodes
                 .into_iter()
                 .map(|n| {
-                    Ok(GraphNode { id: n.id, registered: n.registered, health: health_status_from_pb(n.health, "health")? })
+                    Ok(GraphNode {
+                        id: n.id,
+                        registered: n.registered,
+                        health: health_status_from_pb(n.health, "health")?,
+                    })
                 })
                 .collect::<Result<_, Invalid>>()?,
             edges: g

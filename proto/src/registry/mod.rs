@@ -249,7 +249,7 @@ pub struct HealthSummary {
 }
 
 impl HealthSummary {
-    pub fn of<'a>(statuses: impl IntoIterator<Item = HealthStatus>) -> Self {
+    pub fn of(statuses: impl IntoIterator<Item = HealthStatus>) -> Self {
         let (mut passing, mut warning, mut critical) = (0, 0, 0);
         for s in statuses {
             match s {

@@ -146,7 +146,9 @@ impl HealthCheck {
         if self.timeout.is_zero() || self.timeout > self.interval.max(MIN_INTERVAL) {
             v.add(f("timeout"), "must be more than 0 and at most the interval");
         }
-        for (name, value) in [("successThreshold", self.success_threshold), ("failureThreshold", self.failure_threshold)] {
+        for (name, value) in
+            [("successThreshold", self.success_threshold), ("failureThreshold", self.failure_threshold)]
+        {
             if !(1..=100).contains(&value) {
                 v.add(f(name), "must be between 1 and 100");
             }
