@@ -1,17 +1,16 @@
-//! The control plane's configuration: defaults that run on a laptop, then an optional TOML file
-//! (`--config`), then the environment. `validate` reports every problem at once, before any port
-//! is bound.
+//! The control plane's configuration: defaults that run on a laptop, layered with an optional TOML
+//! file and the environment by `reskflow_runtime`. `validate` reports every problem at once, before
+//! any port is bound.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+pub use reskflow_runtime::LogFormat;
+use reskflow_runtime::Settings;
 use serde::{Deserialize, Serialize};
 
 /// Environment variables read (each maps to the field of the same name in lower case).
-pub const ENV_VARS: &[&str] = &[
+const ENV_VARS: &[&str] = &[
     "GRPC_ADDR",
     "DATABASE_URL",
     "DB_MAX_CONNECTIONS",
@@ -21,13 +20,6 @@ pub const ENV_VARS: &[&str] = &[
     "LOG_FORMAT",
     "WORKER_THREADS",
 ];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,21 +56,10 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    /// Defaults, then the file (if any), then the environment.
-    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(file) = file {
-            figment = figment.merge(Toml::file_exact(file));
-        }
-        figment
-            .merge(Env::raw().only(ENV_VARS).map(|k| k.as_str().to_ascii_lowercase().into()))
-            .extract()
-            .map_err(Box::new)
-    }
+impl Settings for Config {
+    const ENV_VARS: &'static [&'static str] = ENV_VARS;
 
-    /// Every problem, each naming its variable.
-    pub fn validate(&self) -> Result<(), Vec<String>> {
+    fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         if self.grpc_addr.parse::<SocketAddr>().is_err() {
             problems.push(format!("GRPC_ADDR: '{}' is not an address like 127.0.0.1:50051", self.grpc_addr));
@@ -105,6 +86,14 @@ impl Config {
             Err(problems)
         }
     }
+
+    fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
+    fn worker_threads(&self) -> usize {
+        self.worker_threads
+    }
 }
 
 #[cfg(test)]
@@ -118,9 +107,12 @@ mod tests {
             jail.clear_env();
             jail.create_file("cp.toml", "grpc_addr = \"0.0.0.0:6000\"\nnode_id = \"file\"")?;
             jail.set_env("NODE_ID", "env");
-            let config = Config::load(Some(Path::new("cp.toml"))).map_err(|e| e.to_string())?;
+            jail.set_env("HEALTH_LEASE_TTL", "750ms");
+            let config: Config =
+                reskflow_runtime::load(Some(std::path::Path::new("cp.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(config.grpc_addr, "0.0.0.0:6000");
             assert_eq!(config.node_id, "env");
+            assert_eq!(config.health_lease_ttl, Duration::from_millis(750));
             assert_eq!(config.database_url, "sqlite://reskflow.db");
             Ok(())
         });

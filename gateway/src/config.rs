@@ -1,15 +1,14 @@
-//! The gateway's configuration: defaults, then an optional TOML file (`--config`), then the
-//! environment (`PORT`, `ORCHESTRATION_URL`, ...). `validate` reports every problem at once.
+//! The gateway's configuration: defaults layered with an optional TOML file and the environment
+//! (`PORT`, `ORCHESTRATION_URL`, ...) by `reskflow_runtime`. `validate` reports every problem at once.
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+pub use reskflow_runtime::LogFormat;
+use reskflow_runtime::Settings;
 use serde::{Deserialize, Serialize};
 
-pub const ENV_VARS: &[&str] = &[
+const ENV_VARS: &[&str] = &[
     "PORT",
     "BIND_ADDR",
     "ORCHESTRATION_URL",
@@ -24,13 +23,6 @@ pub const ENV_VARS: &[&str] = &[
     "LOG_FORMAT",
     "WORKER_THREADS",
 ];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,19 +69,10 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(file) = file {
-            figment = figment.merge(Toml::file_exact(file));
-        }
-        figment
-            .merge(Env::raw().only(ENV_VARS).map(|k| k.as_str().to_ascii_lowercase().into()))
-            .extract()
-            .map_err(Box::new)
-    }
+impl Settings for Config {
+    const ENV_VARS: &'static [&'static str] = ENV_VARS;
 
-    pub fn validate(&self) -> Result<(), Vec<String>> {
+    fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         if self.bind_addr.parse::<IpAddr>().is_err() {
             problems.push(format!("BIND_ADDR: '{}' is not an IP address", self.bind_addr));
@@ -115,5 +98,13 @@ impl Config {
         } else {
             Err(problems)
         }
+    }
+
+    fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
+    fn worker_threads(&self) -> usize {
+        self.worker_threads
     }
 }

@@ -35,6 +35,11 @@ fn bin_dir() -> &'static Path {
     })
 }
 
+/// The path of one of the project's binaries (built on first use).
+pub fn binary(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");

@@ -9,6 +9,7 @@ use reskflow_proto::pb::registry::v1 as pb;
 use reskflow_proto::registry::{Change, Instance, Service};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
+use tokio::sync::MutexGuard;
 
 use super::{now_ms, Backend, Store, StoreError};
 
@@ -102,15 +103,21 @@ async fn stored_service(tx: &mut Transaction<'_, Any>, id: &str) -> Result<Optio
 }
 
 impl Store {
-    /// Applies one mutation and returns the changes it committed, in version order.
-    pub async fn apply(&self, mutation: Mutation) -> Result<Vec<ChangeRecord>, StoreError> {
-        // In-process writers queue here (SQLite has a single writer); replicas on PostgreSQL
-        // queue on the advisory lock below.
-        let _gate = self.write_gate.lock().await;
+    /// A transaction that may append to the change log. In-process writers queue on the gate
+    /// (SQLite has a single writer); replicas on PostgreSQL queue on the advisory lock, held until
+    /// commit, so change-log order is commit order.
+    async fn begin_registry_write(&self) -> Result<(MutexGuard<'_, ()>, Transaction<'static, Any>), StoreError> {
+        let gate = self.write_gate.lock().await;
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)").bind(REGISTRY_WRITE_LOCK).execute(&mut *tx).await?;
         }
+        Ok((gate, tx))
+    }
+
+    /// Applies one mutation and returns the changes it committed, in version order.
+    pub async fn apply(&self, mutation: Mutation) -> Result<Vec<ChangeRecord>, StoreError> {
+        let (_gate, mut tx) = self.begin_registry_write().await?;
         let now = now_ms();
         let changes = write_rows(&mut tx, mutation, now).await?;
         let mut records = Vec::with_capacity(changes.len());
@@ -177,11 +184,7 @@ impl Store {
 
     /// Drops all but the newest `keep` changes; returns how many went.
     pub async fn compact_changes(&self, keep: u64) -> Result<u64, StoreError> {
-        let _gate = self.write_gate.lock().await;
-        let mut tx = self.pool.begin().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)").bind(REGISTRY_WRITE_LOCK).execute(&mut *tx).await?;
-        }
+        let (_gate, mut tx) = self.begin_registry_write().await?;
         let max: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM registry_changes").fetch_one(&mut *tx).await?;
         let through = max - i64::try_from(keep).unwrap_or(i64::MAX).min(max);
