@@ -17,8 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use reskflow_proto::{Client, ClientOptions};
@@ -70,13 +72,31 @@ impl AppState {
 }
 
 pub fn router(state: AppState, config: &Config) -> Router {
+    let max_body = config.max_body_bytes;
     Router::new()
         .merge(rest::registry::routes())
         .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/ready", get(ready))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(move |req: Request, next: Next| reject_oversized(max_body, req, next)))
         .with_state(state)
+}
+
+/// A declared body larger than the limit is refused before it is read (the body limit above still
+/// covers chunked bodies that grow past it).
+async fn reject_oversized(max: usize, req: Request, next: Next) -> Response {
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body may be at most {max} bytes (MAX_BODY_BYTES)"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Ready when the control plane answers its gRPC health check.

@@ -177,6 +177,16 @@ async fn bad_input_is_a_400_naming_every_field_and_writes_nothing() {
     let response = gw.http().post(format!("{}/api/registry/services", gw.url)).body("id=x").send().await.unwrap();
     assert_eq!(response.status(), 415);
 
+    // A body declared larger than the limit is refused before it is sent.
+    let mut stream = tokio::net::TcpStream::connect(gw.url.trim_start_matches("http://")).await.unwrap();
+    let head = "POST /api/registry/services HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 4194304\r\n\r\n{";
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::io::AsyncReadExt::read(&mut stream, &mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+
     let (status, body) = gw.get("/api/registry/services?pageSize=0").await;
     assert_eq!((status, fields(&body)), (400, vec!["pageSize".to_string()]));
     let (status, _) = gw.get("/api/registry/services?colour=red").await;
@@ -332,7 +342,10 @@ async fn the_registry_survives_a_restart_of_the_control_plane() {
         let (mut cp, gw) = system(backend).await;
         register(&gw, json!({"id": "orders"})).await;
         instance(&gw, json!({"id": "o-1", "serviceId": "orders", "address": "127.0.0.1", "port": 1})).await;
-        cp.crash_and_restart().await;
+        cp.process.kill().await;
+        let (status, body) = gw.get("/api/registry/services").await;
+        assert_eq!((status, body["error"]["code"].as_str()), (503, Some("control_plane_unavailable")), "{body}");
+        cp.restart().await;
         let found =
             reskflow_e2e::harness::eventually("the gateway reconnects", std::time::Duration::from_secs(10), || async {
                 let (status, body) = gw.post("/api/registry/discover", json!({"serviceId": "orders"})).await;
