@@ -5,6 +5,7 @@
 //! - [`store`]: the durable store (SQLite or PostgreSQL), migrations, change log, leases.
 //! - [`registry`]: services and instances in memory, kept in sync with the store; discovery,
 //!   search, dependency graphs and health checks.
+//! - [`workflow`]: the workflow engine (definitions so far).
 //! - [`api`]: the gRPC services.
 //!
 //! [`run`] serves on a bound listener until a shutdown future resolves, so tests bind port 0.
@@ -13,6 +14,7 @@ pub mod api;
 pub mod config;
 pub mod registry;
 pub mod store;
+pub mod workflow;
 
 use std::future::Future;
 use std::time::Duration;
