@@ -6,10 +6,12 @@
 //! - `registry`: services, instances, the change log and heartbeats.
 //! - `lease`: leader leases (one replica runs the health checks).
 //! - `notify`: wakes every replica's change reader when a change commits (LISTEN/NOTIFY on PostgreSQL).
+//! - `workflow`: workflow definitions, runs, history and the task queue with leases.
 
 mod lease;
 mod notify;
 mod registry;
+mod workflow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use sqlx::{AnyPool, Executor};
 use tokio::sync::Notify;
 
 pub use registry::{ChangeRecord, Mutation};
+pub use workflow::{Committed, InstanceRow, NewTask, StoredDefinition, Task, TaskKind, Transition};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -80,6 +83,8 @@ pub struct Store {
     changed: Arc<Notify>,
     /// SQLite has one writer: writes queue here instead of failing with SQLITE_BUSY.
     write_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Signalled when this process queues a workflow task.
+    tasks_ready: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Store {
@@ -141,6 +146,7 @@ impl Store {
             url,
             changed: Arc::new(Notify::new()),
             write_gate: Arc::new(tokio::sync::Mutex::new(())),
+            tasks_ready: Arc::new(Notify::new()),
         };
         Ok(store)
     }

@@ -152,3 +152,126 @@ fn sqlite_urls_are_normalized() {
     assert!(normalize_url("mysql://x").is_err());
     assert!(normalize_url("sqlite:").is_err());
 }
+
+// === workflows ===
+
+fn row(id: &str, key: Option<&str>) -> InstanceRow {
+    InstanceRow {
+        id: id.into(),
+        workflow_id: "order".into(),
+        version: 1,
+        status: "RUNNING".into(),
+        run: "{}".into(),
+        idempotency_key: key.map(String::from),
+        created_at_ms: now_ms(),
+        updated_at_ms: now_ms(),
+        deadline_ms: 0,
+    }
+}
+
+fn step_task(step: usize) -> NewTask {
+    NewTask { kind: TaskKind::Step, step, attempt: 1, run_at_ms: 0 }
+}
+
+#[tokio::test]
+async fn definition_versions_count_up_per_id() {
+    for (store, _guard) in stores().await {
+        assert_eq!(store.put_definition("order", "Order", "{\"v\":1}").await.unwrap(), 1);
+        assert_eq!(store.put_definition("order", "Order", "{\"v\":2}").await.unwrap(), 2);
+        assert_eq!(store.put_definition("mail", "Mail", "{}").await.unwrap(), 1);
+        assert_eq!(store.definition("order", None).await.unwrap().unwrap().body, "{\"v\":2}");
+        assert_eq!(store.definition("order", Some(1)).await.unwrap().unwrap().body, "{\"v\":1}");
+        assert!(store.definition("order", Some(9)).await.unwrap().is_none());
+        let latest: Vec<_> = store.list_definitions().await.unwrap().into_iter().map(|d| (d.id, d.version)).collect();
+        assert_eq!(latest, [("mail".to_string(), 1), ("order".to_string(), 2)]);
+    }
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_returns_the_same_run() {
+    for (store, _guard) in stores().await {
+        store.put_definition("order", "Order", "{}").await.unwrap();
+        let (id, created) =
+            store.create_instance(&row("r1", Some("k")), &["{}".into()], &[step_task(0)]).await.unwrap();
+        assert_eq!((id.as_str(), created), ("r1", true));
+        let (id, created) =
+            store.create_instance(&row("r2", Some("k")), &["{}".into()], &[step_task(0)]).await.unwrap();
+        assert_eq!((id.as_str(), created), ("r1", false), "{:?}", store.backend());
+        assert!(store.instance("r2").await.unwrap().is_none(), "nothing of the duplicate was written");
+        let (_, created) = store.create_instance(&row("r3", None), &[], &[]).await.unwrap();
+        assert!(created);
+    }
+}
+
+#[tokio::test]
+async fn a_task_is_held_by_one_worker_until_its_lease_runs_out() {
+    for (store, _guard) in stores().await {
+        store.put_definition("order", "Order", "{}").await.unwrap();
+        store.create_instance(&row("r1", None), &[], &[step_task(0)]).await.unwrap();
+        let short = Duration::from_millis(150);
+        let a = store.claim_tasks("a", short, 10).await.unwrap();
+        assert_eq!(a.len(), 1);
+        assert!(store.claim_tasks("b", short, 10).await.unwrap().is_empty());
+        assert!(store.call_in_flight("r1").await.unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let b = store.claim_tasks("b", short, 10).await.unwrap();
+        assert_eq!(b.iter().map(|t| t.id).collect::<Vec<_>>(), [a[0].id], "taken over after the lease ran out");
+
+        // The first worker wakes up and tries to commit: nothing is written.
+        let lost = store
+            .transition("r1", Some((a[0].id, "a")), |_, _| {
+                Ok(Some(Transition { status: "COMPLETED".into(), run: "{\"by\":\"a\"}".into(), ..Default::default() }))
+            })
+            .await
+            .unwrap();
+        assert_eq!(lost, Committed::LeaseLost);
+        assert_eq!(store.instance("r1").await.unwrap().unwrap().run, "{}");
+
+        let done = store
+            .transition("r1", Some((b[0].id, "b")), |status, run| {
+                assert_eq!((status, run), ("RUNNING", "{}"));
+                Ok(Some(Transition {
+                    status: "RUNNING".into(),
+                    run: "{\"by\":\"b\"}".into(),
+                    history: vec!["{\"type\":\"stepCompleted\"}".into()],
+                    tasks: vec![step_task(1)],
+                    finished: false,
+                }))
+            })
+            .await
+            .unwrap();
+        assert_eq!(done, Committed::Done);
+        assert_eq!(store.history("r1").await.unwrap().len(), 1);
+        let next = store.claim_tasks("b", short, 10).await.unwrap();
+        assert_eq!(next.iter().map(|t| t.step).collect::<Vec<_>>(), [1]);
+    }
+}
+
+#[tokio::test]
+async fn a_finished_run_drops_its_remaining_tasks_and_a_restart_frees_its_leases() {
+    for (store, _guard) in stores().await {
+        store.put_definition("order", "Order", "{}").await.unwrap();
+        let deadline = NewTask { kind: TaskKind::Deadline, step: 0, attempt: 0, run_at_ms: now_ms() + 60_000 };
+        store.create_instance(&row("r1", None), &[], &[step_task(0), deadline]).await.unwrap();
+        let claimed = store.claim_tasks("a", Duration::from_secs(60), 10).await.unwrap();
+        assert_eq!(claimed.len(), 1, "the deadline is not due");
+        assert_eq!(store.release_leases(Some("a")).await.unwrap(), 1);
+        let again = store.claim_tasks("a2", Duration::from_secs(60), 10).await.unwrap();
+        assert_eq!(again.len(), 1);
+        store
+            .transition("r1", Some((again[0].id, "a2")), |_, _| {
+                Ok(Some(Transition {
+                    status: "COMPLETED".into(),
+                    run: "{}".into(),
+                    finished: true,
+                    ..Default::default()
+                }))
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.next_task_due_ms().await.unwrap(), None, "the deadline task went with the run");
+        let page = store.list_instances("order", Some("COMPLETED"), 0, 10).await.unwrap();
+        assert_eq!(page.len(), 1);
+        assert!(store.list_instances("order", Some("FAILED"), 0, 10).await.unwrap().is_empty());
+    }
+}
