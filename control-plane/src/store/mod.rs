@@ -21,7 +21,7 @@ use sqlx::{AnyPool, Executor};
 use tokio::sync::Notify;
 
 pub use registry::{ChangeRecord, Mutation};
-pub use workflow::{Committed, InstanceRow, NewTask, StoredDefinition, Task, TaskKind, Transition};
+pub use workflow::{Committed, InstanceRow, NewTask, Stored, StoredDefinition, Task, TaskKind, Transition};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

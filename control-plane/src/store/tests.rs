@@ -212,14 +212,13 @@ async fn a_task_is_held_by_one_worker_until_its_lease_runs_out() {
         let a = store.claim_tasks("a", short, 10).await.unwrap();
         assert_eq!(a.len(), 1);
         assert!(store.claim_tasks("b", short, 10).await.unwrap().is_empty());
-        assert!(store.call_in_flight("r1").await.unwrap());
         tokio::time::sleep(Duration::from_millis(200)).await;
         let b = store.claim_tasks("b", short, 10).await.unwrap();
         assert_eq!(b.iter().map(|t| t.id).collect::<Vec<_>>(), [a[0].id], "taken over after the lease ran out");
 
         // The first worker wakes up and tries to commit: nothing is written.
         let lost = store
-            .transition("r1", Some((a[0].id, "a")), |_, _| {
+            .transition("r1", Some((a[0].id, "a")), false, |_| {
                 Ok(Some(Transition { status: "COMPLETED".into(), run: "{\"by\":\"a\"}".into(), ..Default::default() }))
             })
             .await
@@ -228,8 +227,8 @@ async fn a_task_is_held_by_one_worker_until_its_lease_runs_out() {
         assert_eq!(store.instance("r1").await.unwrap().unwrap().run, "{}");
 
         let done = store
-            .transition("r1", Some((b[0].id, "b")), |status, run| {
-                assert_eq!((status, run), ("RUNNING", "{}"));
+            .transition("r1", Some((b[0].id, "b")), false, |stored| {
+                assert_eq!((stored.status, stored.run), ("RUNNING", "{}"));
                 Ok(Some(Transition {
                     status: "RUNNING".into(),
                     run: "{\"by\":\"b\"}".into(),
@@ -259,7 +258,7 @@ async fn a_finished_run_drops_its_remaining_tasks_and_a_restart_frees_its_leases
         let again = store.claim_tasks("a2", Duration::from_secs(60), 10).await.unwrap();
         assert_eq!(again.len(), 1);
         store
-            .transition("r1", Some((again[0].id, "a2")), |_, _| {
+            .transition("r1", Some((again[0].id, "a2")), false, |_| {
                 Ok(Some(Transition {
                     status: "COMPLETED".into(),
                     run: "{}".into(),
@@ -273,5 +272,28 @@ async fn a_finished_run_drops_its_remaining_tasks_and_a_restart_frees_its_leases
         let page = store.list_instances("order", Some("COMPLETED"), 0, 10).await.unwrap();
         assert_eq!(page.len(), 1);
         assert!(store.list_instances("order", Some("FAILED"), 0, 10).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn withdrawing_waiting_calls_spares_the_one_a_worker_holds() {
+    for (store, _guard) in stores().await {
+        store.put_definition("order", "Order", "{}").await.unwrap();
+        store.create_instance(&row("held", None), &[], &[step_task(0)]).await.unwrap();
+        let later = NewTask { kind: TaskKind::Step, step: 1, attempt: 2, run_at_ms: now_ms() + 60_000 };
+        store.create_instance(&row("waiting", None), &[], &[later]).await.unwrap();
+        assert_eq!(store.claim_tasks("w", Duration::from_secs(60), 10).await.unwrap().len(), 1);
+        for (id, withdrawn) in [("held", false), ("waiting", true)] {
+            let mut seen = None;
+            store
+                .transition(id, None, true, |stored| {
+                    seen = Some(stored.withdrew_call);
+                    Ok(None)
+                })
+                .await
+                .unwrap();
+            assert_eq!(seen, Some(withdrawn), "{id}");
+        }
+        assert_eq!(store.next_task_due_ms().await.unwrap(), None, "the waiting retry is gone");
     }
 }

@@ -99,6 +99,15 @@ pub struct Transition {
     pub finished: bool,
 }
 
+/// A run as stored, handed to a transition.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored<'a> {
+    pub status: &'a str,
+    pub run: &'a str,
+    /// A waiting call task of the run was withdrawn (see `transition`).
+    pub withdrew_call: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Committed {
     Done,
@@ -395,29 +404,19 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Whether a step or compensation task of the run is leased right now (its call may be running).
-    pub async fn call_in_flight(&self, instance_id: &str) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM workflow_tasks WHERE instance_id = $1 AND kind IN ('step', 'compensate') AND lease_until_ms >= $2",
-        )
-        .bind(instance_id)
-        .bind(now_ms())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n > 0)
-    }
-
     /// Commits the outcome of `task` (held by `owner`): under the run's row lock, `apply` maps the
-    /// stored status and run to a transition, which is written with the task's removal. `task` None:
-    /// an outside event (a cancel request) with no task to consume.
+    /// stored run to a transition, which is written with the task's removal. `task` None: an outside
+    /// event with no task to consume. `withdraw_waiting_calls`: first remove the run's call tasks no
+    /// worker holds (a cancel: a retry waiting for its backoff is not in flight and must not start).
     pub async fn transition<F>(
         &self,
         instance_id: &str,
         task: Option<(i64, &str)>,
+        withdraw_waiting_calls: bool,
         apply: F,
     ) -> Result<Committed, StoreError>
     where
-        F: FnOnce(&str, &str) -> Result<Option<Transition>, StoreError>,
+        F: FnOnce(Stored<'_>) -> Result<Option<Transition>, StoreError>,
     {
         let (_gate, mut tx) = self.begin_workflow_write().await?;
         if let Some((task_id, owner)) = task {
@@ -438,7 +437,22 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound { kind: "workflow instance", id: instance_id.to_string() })?;
         let status: String = row.try_get("status")?;
         let run: String = row.try_get("run")?;
-        let Some(t) = apply(&status, &run)? else {
+        let withdrew_call = if withdraw_waiting_calls {
+            // Under the run's lock: a call task no worker holds is withdrawn; one a worker holds is
+            // in flight (PostgreSQL re-checks the lease of a row a claim just updated).
+            sqlx::query(
+                "DELETE FROM workflow_tasks WHERE instance_id = $1 AND kind IN ('step', 'compensate') AND lease_until_ms < $2",
+            )
+            .bind(instance_id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0
+        } else {
+            false
+        };
+        let Some(t) = apply(Stored { status: &status, run: &run, withdrew_call })? else {
             tx.commit().await?;
             return Ok(Committed::Done);
         };
