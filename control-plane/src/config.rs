@@ -17,6 +17,8 @@ const ENV_VARS: &[&str] = &[
     "NODE_ID",
     "HEALTH_LEASE_TTL",
     "REGISTRY_LOG_KEEP",
+    "WORKFLOW_CONCURRENCY",
+    "WORKFLOW_LEASE",
     "LOG_FORMAT",
     "WORKER_THREADS",
 ];
@@ -36,6 +38,12 @@ pub struct Config {
     pub health_lease_ttl: Duration,
     /// Registry changes kept for watchers that reconnect with a version.
     pub registry_log_keep: u64,
+    /// Step and compensation calls this replica runs at once.
+    pub workflow_concurrency: usize,
+    /// How long a replica holds a claimed workflow task before another may take it over (at least
+    /// the step's timeout is added for calls).
+    #[serde(with = "humantime_serde")]
+    pub workflow_lease: Duration,
     pub log_format: LogFormat,
     /// Async runtime worker threads; 0 = one per CPU.
     pub worker_threads: usize,
@@ -50,6 +58,8 @@ impl Default for Config {
             node_id: String::new(),
             health_lease_ttl: Duration::from_secs(10),
             registry_log_keep: 100_000,
+            workflow_concurrency: 64,
+            workflow_lease: Duration::from_secs(10),
             log_format: LogFormat::Text,
             worker_threads: 0,
         }
@@ -76,6 +86,12 @@ impl Settings for Config {
         }
         if self.registry_log_keep < 100 {
             problems.push("REGISTRY_LOG_KEEP: must be at least 100".into());
+        }
+        if !(1..=10_000).contains(&self.workflow_concurrency) {
+            problems.push("WORKFLOW_CONCURRENCY: must be between 1 and 10000".into());
+        }
+        if self.workflow_lease < Duration::from_millis(500) {
+            problems.push("WORKFLOW_LEASE: must be at least 500ms".into());
         }
         if self.worker_threads > 1024 {
             problems.push("WORKER_THREADS: must be at most 1024 (0 = one per CPU)".into());

@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::registry::health_check::{self, MonitorOptions};
 use crate::registry::{sync, Registry};
 use crate::store::Store;
+use crate::workflow::{Engine, EngineOptions};
 
 const COMPACT_EVERY: Duration = Duration::from_secs(600);
 
@@ -49,13 +50,22 @@ pub async fn run(
     let tasks = TaskTracker::new();
     tasks.spawn(store.clone().listen_for_changes(stop.clone()).in_current_span());
     tasks.spawn(sync::run(registry.clone(), stop.clone()).in_current_span());
-    let monitor = MonitorOptions {
-        node_id: if config.node_id.is_empty() { MonitorOptions::default().node_id } else { config.node_id.clone() },
-        lease_ttl: config.health_lease_ttl,
-        ..MonitorOptions::default()
-    };
+    let node_id = if config.node_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { config.node_id.clone() };
+    let monitor =
+        MonitorOptions { node_id: node_id.clone(), lease_ttl: config.health_lease_ttl, ..MonitorOptions::default() };
     tasks.spawn(health_check::run(registry.clone(), monitor, stop.clone()).instrument(tracing::info_span!("health")));
     tasks.spawn(compact_log(store.clone(), config.registry_log_keep, stop.clone()).in_current_span());
+    let engine = Engine::new(
+        store.clone(),
+        registry.clone(),
+        EngineOptions {
+            node_id,
+            concurrency: config.workflow_concurrency,
+            lease: config.workflow_lease,
+            ..EngineOptions::default()
+        },
+    )?;
+    tasks.spawn(workflow::worker::run(engine.clone(), stop.clone()).instrument(tracing::info_span!("workflow")));
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter

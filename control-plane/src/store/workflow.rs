@@ -28,8 +28,6 @@ pub enum TaskKind {
     Step,
     /// Call a step's compensation.
     Compensate,
-    /// A cancel request to apply.
-    Cancel,
     /// The run's deadline.
     Deadline,
 }
@@ -39,7 +37,6 @@ impl TaskKind {
         match self {
             TaskKind::Step => "step",
             TaskKind::Compensate => "compensate",
-            TaskKind::Cancel => "cancel",
             TaskKind::Deadline => "deadline",
         }
     }
@@ -48,7 +45,6 @@ impl TaskKind {
         Ok(match s {
             "step" => TaskKind::Step,
             "compensate" => TaskKind::Compensate,
-            "cancel" => TaskKind::Cancel,
             "deadline" => TaskKind::Deadline,
             other => return Err(StoreError::Corrupt { what: "task".into(), why: format!("unknown kind {other}") }),
         })
@@ -406,7 +402,7 @@ impl Store {
 
     /// Commits the outcome of `task` (held by `owner`): under the run's row lock, `apply` maps the
     /// stored run to a transition, which is written with the task's removal. `task` None: an outside
-    /// event with no task to consume. `withdraw_waiting_calls`: first remove the run's call tasks no
+    /// event with no task to consume. `withdraw_waiting_calls`: first remove the run's step tasks no
     /// worker holds (a cancel: a retry waiting for its backoff is not in flight and must not start).
     pub async fn transition<F>(
         &self,
@@ -440,14 +436,12 @@ impl Store {
         let withdrew_call = if withdraw_waiting_calls {
             // Under the run's lock: a call task no worker holds is withdrawn; one a worker holds is
             // in flight (PostgreSQL re-checks the lease of a row a claim just updated).
-            sqlx::query(
-                "DELETE FROM workflow_tasks WHERE instance_id = $1 AND kind IN ('step', 'compensate') AND lease_until_ms < $2",
-            )
-            .bind(instance_id)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
+            sqlx::query("DELETE FROM workflow_tasks WHERE instance_id = $1 AND kind = 'step' AND lease_until_ms < $2")
+                .bind(instance_id)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
                 > 0
         } else {
             false
@@ -479,13 +473,20 @@ impl Store {
         Ok(Committed::Done)
     }
 
-    /// Queues a task for a run (a cancel request).
-    pub async fn enqueue(&self, instance_id: &str, task: NewTask) -> Result<(), StoreError> {
+    /// Holds a claimed task until `until_ms` (a call longer than the claim's lease). False when the
+    /// task is no longer this owner's.
+    pub async fn extend_lease(&self, task_id: i64, owner: &str, until_ms: i64) -> Result<bool, StoreError> {
         let (_gate, mut tx) = self.begin_workflow_write().await?;
-        insert_tasks(&mut tx, instance_id, &[task]).await?;
+        let done = sqlx::query(
+            "UPDATE workflow_tasks SET lease_until_ms = $3 WHERE id = $1 AND lease_owner = $2 AND lease_until_ms < $3",
+        )
+        .bind(task_id)
+        .bind(owner)
+        .bind(until_ms)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        self.tasks_ready.notify_one();
-        Ok(())
+        Ok(done.rows_affected() > 0)
     }
 
     /// Signalled when this process queued a task (workers also poll).

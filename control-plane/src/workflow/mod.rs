@@ -2,6 +2,17 @@
 //!
 //! - `definition`: the JSON definitions users register, checked and compiled.
 //! - `state`: a run as a pure state machine: events in, effects out.
+//! - `engine`: register definitions; start, read, list and cancel runs.
+//! - `worker`: claims queued tasks, calls the services, commits each outcome.
+//! - `view`: a run as the API shows it (steps, attempts, history).
 
 pub mod definition;
+pub mod engine;
 pub mod state;
+pub mod view;
+pub mod worker;
+
+pub use engine::{Engine, EngineOptions, WorkflowError};
+
+#[cfg(test)]
+mod tests;

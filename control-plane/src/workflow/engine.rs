@@ -1,0 +1,357 @@
+//! The workflow engine's front: registering definitions, starting, reading and cancelling runs.
+//! Work itself happens in `worker`, which turns queued tasks into step calls and commits each
+//! outcome through the state machine in `state`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reskflow_proto::invalid::Invalid;
+use serde::Serialize;
+
+use super::definition::Definition;
+use super::state::{Effect, Event, History, Run, Status};
+use crate::registry::Registry;
+use crate::store::{Committed, InstanceRow, NewTask, Store, StoreError, StoredDefinition, TaskKind, Transition};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("stored state is unreadable: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for WorkflowError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound { kind, id } => WorkflowError::NotFound { kind, id },
+            StoreError::Conflict(msg) => WorkflowError::Conflict(msg),
+            StoreError::Unavailable(e) => WorkflowError::Unavailable(format!("database unavailable: {e}")),
+            other => WorkflowError::Store(other),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// This replica's name on task leases.
+    pub node_id: String,
+    /// Step and compensation calls running at once on this replica.
+    pub concurrency: usize,
+    /// How long a claimed task is held; a replica that dies loses its tasks after this. Each task
+    /// is held at least for its step's timeout plus this margin.
+    pub lease: Duration,
+    /// How often idle workers look for due tasks (they are also woken when this replica queues one).
+    pub poll: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            node_id: uuid::Uuid::new_v4().to_string(),
+            concurrency: 64,
+            lease: Duration::from_secs(10),
+            poll: Duration::from_millis(250),
+        }
+    }
+}
+
+/// A registered definition version.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DefinitionInfo {
+    pub id: String,
+    pub version: i64,
+    pub name: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub definition: serde_json::Value,
+}
+
+impl DefinitionInfo {
+    fn from_stored(d: StoredDefinition) -> Result<Self, WorkflowError> {
+        Ok(DefinitionInfo {
+            definition: serde_json::from_str(&d.body).map_err(|e| WorkflowError::Corrupt(e.to_string()))?,
+            id: d.id,
+            version: d.version,
+            name: d.name,
+            created_at: DateTime::from_timestamp_millis(d.created_at_ms),
+        })
+    }
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub store: Store,
+    pub registry: Registry,
+    pub options: EngineOptions,
+    pub http: reqwest::Client,
+    /// Compiled definitions by (id, version); versions never change once stored.
+    definitions: Mutex<HashMap<(String, i64), Arc<Definition>>>,
+}
+
+/// Turns the state machine's effects into what the store writes.
+pub(super) fn transition_of(run: &Run, effects: &[Effect], now_ms: i64) -> Result<Transition, WorkflowError> {
+    let mut t = Transition {
+        status: status_name(run.status).to_string(),
+        run: serde_json::to_string(run).map_err(|e| WorkflowError::Corrupt(e.to_string()))?,
+        ..Default::default()
+    };
+    for effect in effects {
+        match effect {
+            Effect::Record(h) => {
+                t.history.push(serde_json::to_string(h).map_err(|e| WorkflowError::Corrupt(e.to_string()))?)
+            }
+            Effect::RunStep { step, attempt, delay } => t.tasks.push(NewTask {
+                kind: TaskKind::Step,
+                step: *step,
+                attempt: *attempt,
+                run_at_ms: now_ms + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
+            }),
+            Effect::RunCompensation { step, attempt, delay } => t.tasks.push(NewTask {
+                kind: TaskKind::Compensate,
+                step: *step,
+                attempt: *attempt,
+                run_at_ms: now_ms + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
+            }),
+            Effect::Finished(_) => t.finished = true,
+        }
+    }
+    Ok(t)
+}
+
+pub fn status_name(status: Status) -> &'static str {
+    match status {
+        Status::Running => "RUNNING",
+        Status::Compensating => "COMPENSATING",
+        Status::Completed => "COMPLETED",
+        Status::Failed => "FAILED",
+        Status::Compensated => "COMPENSATED",
+        Status::CompensationFailed => "COMPENSATION_FAILED",
+        Status::Cancelled => "CANCELLED",
+        Status::TimedOut => "TIMED_OUT",
+    }
+}
+
+fn jitter() -> f64 {
+    rand::random::<f64>()
+}
+
+fn check_input(def: &Definition, input: &serde_json::Value) -> Result<(), Invalid> {
+    let Some(schema) = &def.spec.input_schema else {
+        return Ok(());
+    };
+    let validator = jsonschema::validator_for(schema)
+        .map_err(|e| Invalid::one("inputSchema", format!("the workflow's schema is invalid: {e}")))?;
+    let violations: Vec<_> = validator
+        .iter_errors(input)
+        .map(|e| {
+            let pointer = e.instance_path().to_string();
+            reskflow_proto::FieldViolation {
+                field: if pointer.is_empty() { "input".into() } else { format!("input{pointer}") },
+                description: e.to_string(),
+            }
+        })
+        .collect();
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(Invalid(violations))
+    }
+}
+
+impl Engine {
+    pub fn new(store: Store, registry: Registry, options: EngineOptions) -> Result<Engine, WorkflowError> {
+        let http = reqwest::Client::builder()
+            .user_agent("reskflow-workflow/1")
+            .pool_max_idle_per_host(options.concurrency)
+            .build()
+            .map_err(|e| WorkflowError::Unavailable(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Engine {
+            inner: Arc::new(Inner { store, registry, options, http, definitions: Mutex::new(HashMap::new()) }),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Checks and stores a definition as the id's next version.
+    pub async fn register(&self, json: &str) -> Result<DefinitionInfo, WorkflowError> {
+        let def = Definition::parse(json)?;
+        if let Some(schema) = &def.spec.input_schema {
+            jsonschema::validator_for(schema).map_err(|e| Invalid::one("inputSchema", e.to_string()))?;
+        }
+        let body = serde_json::to_string(&def.spec).map_err(|e| WorkflowError::Corrupt(e.to_string()))?;
+        let name = if def.spec.name.is_empty() { def.spec.id.clone() } else { def.spec.name.clone() };
+        let version = self.inner.store.put_definition(&def.spec.id, &name, &body).await?;
+        let stored = self
+            .inner
+            .store
+            .definition(&def.spec.id, Some(version))
+            .await?
+            .ok_or_else(|| WorkflowError::Unavailable("the definition vanished after it was stored".into()))?;
+        self.cache().insert((def.spec.id.clone(), version), Arc::new(def));
+        DefinitionInfo::from_stored(stored)
+    }
+
+    pub async fn definition_info(&self, id: &str, version: Option<i64>) -> Result<DefinitionInfo, WorkflowError> {
+        let stored = self
+            .inner
+            .store
+            .definition(id, version)
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound { kind: "workflow", id: id.to_string() })?;
+        DefinitionInfo::from_stored(stored)
+    }
+
+    pub async fn list_definitions(&self) -> Result<Vec<DefinitionInfo>, WorkflowError> {
+        self.inner.store.list_definitions().await?.into_iter().map(DefinitionInfo::from_stored).collect()
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), Arc<Definition>>> {
+        self.inner.definitions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The compiled definition of a version (compiled once, then cached).
+    pub(super) async fn compiled(&self, id: &str, version: i64) -> Result<Arc<Definition>, WorkflowError> {
+        if let Some(def) = self.cache().get(&(id.to_string(), version)) {
+            return Ok(def.clone());
+        }
+        let stored = self
+            .inner
+            .store
+            .definition(id, Some(version))
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound { kind: "workflow", id: format!("{id} v{version}") })?;
+        let def = Arc::new(
+            Definition::parse(&stored.body)
+                .map_err(|e| WorkflowError::Corrupt(format!("workflow {id} v{version}: {e}")))?,
+        );
+        self.cache().insert((id.to_string(), version), def.clone());
+        Ok(def)
+    }
+
+    /// Starts a run of the latest (or the given) version. With an idempotency key already used for
+    /// this workflow, returns that run instead (`created` false).
+    pub async fn execute(
+        &self,
+        workflow_id: &str,
+        version: Option<i64>,
+        input: serde_json::Value,
+        idempotency_key: Option<String>,
+    ) -> Result<(String, bool), WorkflowError> {
+        let stored = self
+            .inner
+            .store
+            .definition(workflow_id, version)
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound { kind: "workflow", id: workflow_id.to_string() })?;
+        if let Some(key) = &idempotency_key {
+            if key.is_empty() || key.len() > 256 {
+                return Err(Invalid::one("idempotencyKey", "must be 1-256 characters").into());
+            }
+        }
+        let def = self.compiled(workflow_id, stored.version).await?;
+        check_input(&def, &input)?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = crate::store::now_ms();
+        let mut run = Run::new(input);
+        let effects = run.on(&def, &id, Event::Start, &mut jitter);
+        let mut t = transition_of(&run, &effects, now)?;
+        let deadline_ms = def.spec.timeout.map_or(0, |d| now + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
+        if deadline_ms > 0 && !t.finished {
+            t.tasks.push(NewTask { kind: TaskKind::Deadline, step: 0, attempt: 0, run_at_ms: deadline_ms });
+        }
+        let row = InstanceRow {
+            id,
+            workflow_id: workflow_id.to_string(),
+            version: stored.version,
+            status: t.status.clone(),
+            run: t.run.clone(),
+            idempotency_key,
+            created_at_ms: now,
+            updated_at_ms: now,
+            deadline_ms,
+        };
+        Ok(self.inner.store.create_instance(&row, &t.history, &t.tasks).await?)
+    }
+
+    /// Asks a run to stop: no new step starts, the step in flight is still recorded, completed
+    /// steps are compensated, then the run ends CANCELLED.
+    pub async fn cancel(&self, instance_id: &str) -> Result<(), WorkflowError> {
+        let row = self.row(instance_id).await?;
+        let def = self.compiled(&row.workflow_id, row.version).await?;
+        let mut refused = None;
+        let committed = self
+            .inner
+            .store
+            .transition(instance_id, None, true, |stored| {
+                let mut run: Run = serde_json::from_str(stored.run)
+                    .map_err(|e| StoreError::Corrupt { what: format!("run {instance_id}"), why: e.to_string() })?;
+                if run.status.is_final() {
+                    refused = Some(status_name(run.status));
+                    return Ok(None);
+                }
+                let in_flight = run.current.is_some() && !stored.withdrew_call;
+                let effects = run.on(&def, instance_id, Event::Cancel { in_flight }, &mut jitter);
+                transition_of(&run, &effects, crate::store::now_ms())
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt { what: format!("run {instance_id}"), why: e.to_string() })
+            })
+            .await?;
+        debug_assert_eq!(committed, Committed::Done);
+        match refused {
+            Some(status) => {
+                Err(WorkflowError::Conflict(format!("workflow instance {instance_id} already ended {status}")))
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn row(&self, instance_id: &str) -> Result<InstanceRow, WorkflowError> {
+        self.inner
+            .store
+            .instance(instance_id)
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound { kind: "workflow instance", id: instance_id.to_string() })
+    }
+
+    /// A run with its steps and history, as the API shows it.
+    pub async fn view(&self, instance_id: &str) -> Result<super::view::InstanceView, WorkflowError> {
+        let row = self.row(instance_id).await?;
+        let def = self.compiled(&row.workflow_id, row.version).await?;
+        let history = self.inner.store.history(instance_id).await?;
+        super::view::InstanceView::build(&row, &def, &history)
+    }
+
+    pub async fn list(
+        &self,
+        workflow_id: &str,
+        status: Option<&str>,
+        before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<super::view::InstanceSummary>, WorkflowError> {
+        let rows = self.inner.store.list_instances(workflow_id, status, before_ms, limit).await?;
+        rows.iter().map(super::view::InstanceSummary::of).collect()
+    }
+
+    /// Decodes a stored history entry (for views and tests).
+    pub fn parse_history(body: &str) -> Result<History, WorkflowError> {
+        serde_json::from_str(body).map_err(|e| WorkflowError::Corrupt(e.to_string()))
+    }
+}
