@@ -1,6 +1,6 @@
 //! Compiles the .proto files with protox (a protobuf compiler in Rust), so no system `protoc` is needed.
 
-const PROTOS: &[&str] = &["reskflow/registry/v1/registry.proto"];
+const PROTOS: &[&str] = &["reskflow/registry/v1/registry.proto", "reskflow/workflow/v1/workflow.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(PROTOS, ["proto"])?;

@@ -5,7 +5,7 @@
 //! - [`store`]: the durable store (SQLite or PostgreSQL), migrations, change log, leases.
 //! - [`registry`]: services and instances in memory, kept in sync with the store; discovery,
 //!   search, dependency graphs and health checks.
-//! - [`workflow`]: the workflow engine (definitions so far).
+//! - [`workflow`]: the durable workflow engine: definitions, runs, workers, sagas.
 //! - [`api`]: the gRPC services.
 //!
 //! [`run`] serves on a bound listener until a shutdown future resolves, so tests bind port 0.
@@ -77,6 +77,7 @@ pub async fn run(
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(api::registry::RegistryApi::new(registry).into_server())
+        .add_service(api::workflows::WorkflowsApi::new(engine).into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
 

@@ -75,6 +75,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
     let max_body = config.max_body_bytes;
     Router::new()
         .merge(rest::registry::routes())
+        .merge(rest::workflows::routes())
         .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/ready", get(ready))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

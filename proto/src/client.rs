@@ -20,6 +20,8 @@ use tonic::{Code, Status, Streaming};
 use crate::invalid::Invalid;
 use crate::pb::registry::v1 as pb;
 use crate::pb::registry::v1::registry_client::RegistryClient;
+use crate::pb::workflow::v1 as wf;
+use crate::pb::workflow::v1::workflows_client::WorkflowsClient;
 use crate::registry::*;
 
 #[derive(Debug, Clone)]
@@ -39,6 +41,7 @@ impl Default for ClientOptions {
 #[derive(Debug, Clone)]
 pub struct Client {
     registry: RegistryClient<Channel>,
+    workflows: WorkflowsClient<Channel>,
     request_timeout: Duration,
 }
 
@@ -60,7 +63,10 @@ impl Client {
 
     pub fn from_channel(channel: Channel, options: ClientOptions) -> Self {
         Client {
-            registry: RegistryClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
+            registry: RegistryClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024),
+            workflows: WorkflowsClient::new(channel)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(16 * 1024 * 1024),
             request_timeout: options.request_timeout,
         }
     }
@@ -68,6 +74,11 @@ impl Client {
     /// The generated client, for calls the typed helpers do not cover.
     pub fn registry(&self) -> RegistryClient<Channel> {
         self.registry.clone()
+    }
+
+    /// The generated workflows client.
+    pub fn workflows(&self) -> WorkflowsClient<Channel> {
+        self.workflows.clone()
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -166,5 +177,41 @@ impl Client {
     ) -> Result<Streaming<pb::WatchEvent>, Status> {
         let req = tonic::Request::new(pb::WatchRequest { since_version, service_ids });
         Ok(self.registry().watch(req).await?.into_inner())
+    }
+
+    // === workflows ===
+
+    /// Registers a definition (its JSON form); returns the stored version.
+    pub async fn register_workflow(&self, definition: &serde_json::Value) -> Result<wf::WorkflowDefinition, Status> {
+        let req = self.request(wf::RegisterWorkflowRequest { definition_json: definition.to_string() });
+        Ok(self.workflows().register_workflow(req).await?.into_inner())
+    }
+
+    /// Starts a run of the latest version; returns its id and whether it is new.
+    pub async fn execute(
+        &self,
+        workflow_id: &str,
+        input: &serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<wf::ExecuteResponse, Status> {
+        let req = self.request(wf::ExecuteRequest {
+            workflow_id: workflow_id.to_string(),
+            version: 0,
+            input_json: input.to_string(),
+            idempotency_key: idempotency_key.unwrap_or_default().to_string(),
+        });
+        Ok(self.workflows().execute(req).await?.into_inner())
+    }
+
+    /// A run's detail: status, input, output, steps with attempts, history (the REST JSON form).
+    pub async fn instance(&self, instance_id: &str) -> Result<serde_json::Value, Status> {
+        let req = self.request(wf::GetInstanceRequest { instance_id: instance_id.to_string() });
+        let detail = self.workflows().get_instance(req).await?.into_inner();
+        serde_json::from_str(&detail.detail_json).map_err(|e| Status::internal(format!("malformed run detail: {e}")))
+    }
+
+    pub async fn cancel(&self, instance_id: &str) -> Result<String, Status> {
+        let req = self.request(wf::CancelRequest { instance_id: instance_id.to_string() });
+        Ok(self.workflows().cancel(req).await?.into_inner().status)
     }
 }

@@ -18,6 +18,12 @@ pub mod pb {
             tonic::include_proto!("reskflow.registry.v1");
         }
     }
+    pub mod workflow {
+        pub mod v1 {
+            #![allow(clippy::all)]
+            tonic::include_proto!("reskflow.workflow.v1");
+        }
+    }
 }
 
 pub use client::{Client, ClientOptions};

@@ -175,12 +175,18 @@ impl ControlPlane {
         let database_url =
             options.database_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("reskflow.db").display()));
         let port = free_port();
+        // A stable name, as a replica has in production (host or pod name): restarted, it takes
+        // back its own task leases at once.
         let mut envs = vec![
             ("GRPC_ADDR".to_string(), format!("127.0.0.1:{port}")),
             ("DATABASE_URL".to_string(), database_url.clone()),
             ("HEALTH_LEASE_TTL".to_string(), "1s".to_string()),
+            ("NODE_ID".to_string(), format!("cp-{port}")),
         ];
-        envs.extend(options.env);
+        for (key, value) in options.env {
+            envs.retain(|(k, _)| *k != key);
+            envs.push((key, value));
+        }
         let process = Process::spawn("control-plane", "control-plane", &envs, dir.path());
         let mut cp =
             ControlPlane { process, grpc_url: format!("http://127.0.0.1:{port}"), database_url, port, envs, dir };

@@ -111,3 +111,80 @@ impl Drop for GrpcTarget {
         self.task.abort();
     }
 }
+
+/// A service with `POST /actions/{action}` that records every call (action, `Idempotency-Key`,
+/// body), can be told to fail an action a number of times with a status, and can delay answers.
+#[derive(Clone, Default)]
+pub struct ActionService {
+    pub port: u16,
+    state: Arc<ActionState>,
+}
+
+#[derive(Default)]
+struct ActionState {
+    calls: std::sync::Mutex<Vec<(String, String, serde_json::Value)>>,
+    failures: std::sync::Mutex<std::collections::HashMap<String, (u32, u16)>>,
+    delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl ActionService {
+    pub async fn start() -> ActionService {
+        use axum::extract::Path;
+        use axum::http::HeaderMap;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let state = Arc::new(ActionState::default());
+        let app = Router::new()
+            .route(
+                "/actions/{action}",
+                axum::routing::post(
+                    |State(s): State<Arc<ActionState>>,
+                     Path(action): Path<String>,
+                     headers: HeaderMap,
+                     axum::Json(body): axum::Json<serde_json::Value>| async move {
+                        let key =
+                            headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                        let delay = s.delay_ms.load(Ordering::Relaxed);
+                        if delay > 0 {
+                            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                        }
+                        s.calls.lock().unwrap_or_else(|e| e.into_inner()).push((action.clone(), key, body.clone()));
+                        let mut failures = s.failures.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some((left, status)) = failures.get_mut(&action) {
+                            if *left > 0 {
+                                *left -= 1;
+                                let code = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                                return (code, axum::Json(serde_json::json!({"error": "injected"})));
+                            }
+                        }
+                        (
+                            StatusCode::OK,
+                            axum::Json(
+                                serde_json::json!({"action": action, "id": format!("{action}-ok"), "echo": body}),
+                            ),
+                        )
+                    },
+                ),
+            )
+            .with_state(state.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        ActionService { port, state }
+    }
+
+    /// Every call so far: (action, idempotency key, body).
+    pub fn calls(&self) -> Vec<(String, String, serde_json::Value)> {
+        self.state.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `action` answers `status` the next `times` calls.
+    pub fn fail(&self, action: &str, times: u32, status: u16) {
+        self.state.failures.lock().unwrap_or_else(|e| e.into_inner()).insert(action.to_string(), (times, status));
+    }
+
+    /// Every answer waits this long.
+    pub fn delay(&self, ms: u64) {
+        self.state.delay_ms.store(ms, Ordering::Relaxed);
+    }
+}

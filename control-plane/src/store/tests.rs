@@ -269,9 +269,9 @@ async fn a_finished_run_drops_its_remaining_tasks_and_a_restart_frees_its_leases
             .await
             .unwrap();
         assert_eq!(store.next_task_due_ms().await.unwrap(), None, "the deadline task went with the run");
-        let page = store.list_instances("order", Some("COMPLETED"), 0, 10).await.unwrap();
+        let page = store.list_instances("order", Some("COMPLETED"), None, 10).await.unwrap();
         assert_eq!(page.len(), 1);
-        assert!(store.list_instances("order", Some("FAILED"), 0, 10).await.unwrap().is_empty());
+        assert!(store.list_instances("order", Some("FAILED"), None, 10).await.unwrap().is_empty());
     }
 }
 

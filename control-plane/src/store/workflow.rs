@@ -317,22 +317,25 @@ impl Store {
     }
 
     /// Runs of a workflow (all workflows when `workflow_id` is empty), newest first, optionally of
-    /// one status; `before` is the created-at of the last row of the previous page (0 = first page).
+    /// one status; `after` is the (created-at, id) of the last row of the previous page.
     pub async fn list_instances(
         &self,
         workflow_id: &str,
         status: Option<&str>,
-        before_ms: i64,
+        after: Option<(i64, &str)>,
         limit: u32,
     ) -> Result<Vec<InstanceRow>, StoreError> {
+        let (before_ms, before_id) = after.unwrap_or((0, ""));
         let rows = sqlx::query(&format!(
             "SELECT {INSTANCE_COLUMNS} FROM workflow_instances \
-             WHERE ($1 = '' OR workflow_id = $1) AND ($2 = '' OR status = $2) AND ($3 = 0 OR created_at_ms < $3) \
-             ORDER BY created_at_ms DESC, id DESC LIMIT $4"
+             WHERE ($1 = '' OR workflow_id = $1) AND ($2 = '' OR status = $2) \
+             AND ($3 = 0 OR created_at_ms < $3 OR (created_at_ms = $3 AND id < $4)) \
+             ORDER BY created_at_ms DESC, id DESC LIMIT $5"
         ))
         .bind(workflow_id)
         .bind(status.unwrap_or(""))
         .bind(before_ms)
+        .bind(before_id)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;

@@ -304,6 +304,9 @@ impl Definition {
     pub fn compile(spec: WorkflowSpec) -> Result<Definition, Invalid> {
         let mut v = Violations::default();
         check_name(&mut v, "id".into(), &spec.id, "workflow id");
+        if spec.id == "instances" {
+            v.add("id", "'instances' is reserved (it is the path of the runs)");
+        }
         if spec.name.chars().count() > 256 {
             v.add("name", "must be at most 256 characters");
         }

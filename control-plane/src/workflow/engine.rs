@@ -339,15 +339,29 @@ impl Engine {
         super::view::InstanceView::build(&row, &def, &history)
     }
 
+    /// One page of runs, newest first, and the token of the next page (empty at the end).
     pub async fn list(
         &self,
         workflow_id: &str,
         status: Option<&str>,
-        before_ms: i64,
-        limit: u32,
-    ) -> Result<Vec<super::view::InstanceSummary>, WorkflowError> {
-        let rows = self.inner.store.list_instances(workflow_id, status, before_ms, limit).await?;
-        rows.iter().map(super::view::InstanceSummary::of).collect()
+        page_token: &str,
+        page_size: u32,
+    ) -> Result<(Vec<super::view::InstanceSummary>, String), WorkflowError> {
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            let parsed = page_token.split_once('.').and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id)));
+            Some(parsed.ok_or_else(|| Invalid::one("pageToken", "is not a token this API returned"))?)
+        };
+        let rows = self.inner.store.list_instances(workflow_id, status, after, page_size + 1).await?;
+        let more = rows.len() > page_size as usize;
+        let page: Vec<_> =
+            rows.iter().take(page_size as usize).map(super::view::InstanceSummary::of).collect::<Result<_, _>>()?;
+        let next = match (more, page.last()) {
+            (true, Some(last)) => format!("{}.{}", last.created_at_ms, last.instance_id),
+            _ => String::new(),
+        };
+        Ok((page, next))
     }
 
     /// Decodes a stored history entry (for views and tests).

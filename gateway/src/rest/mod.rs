@@ -2,3 +2,4 @@
 //! calls the control plane over gRPC and encodes the answer.
 
 pub mod registry;
+pub mod workflows;

@@ -1,0 +1,154 @@
+//! `/api/workflows/*`: definitions, runs, cancel. Definitions, inputs and run details are JSON
+//! documents that pass through to the control plane as they are.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use reskflow_proto::pb::workflow::v1 as pb;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::json::{JsonBody, QueryParams};
+use crate::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/workflows", post(register).get(list))
+        .route("/api/workflows/instances", get(list_instances))
+        .route("/api/workflows/instances/{instance_id}", get(instance))
+        .route("/api/workflows/instances/{instance_id}/cancel", post(cancel))
+        .route("/api/workflows/{workflow_id}", get(definition))
+        .route("/api/workflows/{workflow_id}/execute", post(execute))
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn parse_json(field: &str, text: &str) -> ApiResult<Value> {
+    serde_json::from_str(text).map_err(|e| ApiError::field(field, format!("the control plane sent invalid JSON: {e}")))
+}
+
+fn definition_json(d: pb::WorkflowDefinition) -> ApiResult<Value> {
+    Ok(json!({
+        "id": d.id, "version": d.version, "name": d.name,
+        "createdAt": chrono_ms(d.created_at_ms),
+        "definition": parse_json("definition", &d.definition_json)?,
+    }))
+}
+
+fn chrono_ms(ms: i64) -> Value {
+    // RFC 3339 like every other time in the API.
+    let secs = ms.div_euclid(1000);
+    let nanos = u32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0);
+    match std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(u64::try_from(secs).unwrap_or(0), nanos)) {
+        Some(t) => json!(humantime::format_rfc3339_millis(t).to_string()),
+        None => Value::Null,
+    }
+}
+
+fn summary_json(s: pb::InstanceSummary) -> Value {
+    json!({
+        "instanceId": s.instance_id, "workflowId": s.workflow_id, "version": s.version, "status": s.status,
+        "createdAt": chrono_ms(s.created_at_ms), "updatedAt": chrono_ms(s.updated_at_ms),
+    })
+}
+
+async fn register(State(s): State<AppState>, JsonBody(definition): JsonBody<Value>) -> ApiResult<impl IntoResponse> {
+    let req = pb::RegisterWorkflowRequest { definition_json: definition.to_string() };
+    let stored = s.client().workflows().register_workflow(req).await?.into_inner();
+    Ok((StatusCode::CREATED, Json(definition_json(stored)?)))
+}
+
+async fn list(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    let all = s.client().workflows().list_workflows(pb::ListWorkflowsRequest {}).await?.into_inner();
+    let workflows = all.workflows.into_iter().map(definition_json).collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(json!({ "workflows": workflows })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct VersionParam {
+    version: Option<i64>,
+}
+
+async fn definition(
+    State(s): State<AppState>,
+    Path(workflow_id): Path<String>,
+    QueryParams(p): QueryParams<VersionParam>,
+) -> ApiResult<Json<Value>> {
+    let req = pb::GetWorkflowRequest { id: workflow_id, version: p.version.unwrap_or(0) };
+    Ok(Json(definition_json(s.client().workflows().get_workflow(req).await?.into_inner())?))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ExecuteBody {
+    #[serde(default)]
+    input: Option<Value>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    version: Option<i64>,
+}
+
+/// 202 with the run's id at once; the run is queued. The idempotency key may come in the body or
+/// as an `Idempotency-Key` header.
+async fn execute(
+    State(s): State<AppState>,
+    Path(workflow_id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ExecuteBody>,
+) -> ApiResult<impl IntoResponse> {
+    let header_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let req = pb::ExecuteRequest {
+        workflow_id,
+        version: body.version.unwrap_or(0),
+        input_json: body.input.unwrap_or_else(|| json!({})).to_string(),
+        idempotency_key: body.idempotency_key.or(header_key).unwrap_or_default(),
+    };
+    let started = s.client().workflows().execute(req).await?.into_inner();
+    let body = json!({ "instanceId": started.instance_id, "status": started.status, "created": started.created });
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+async fn instance(State(s): State<AppState>, Path(instance_id): Path<String>) -> ApiResult<Json<Value>> {
+    let req = pb::GetInstanceRequest { instance_id };
+    let detail = s.client().workflows().get_instance(req).await?.into_inner();
+    Ok(Json(parse_json("detail", &detail.detail_json)?))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ListParams {
+    #[serde(default)]
+    workflow_id: String,
+    #[serde(default)]
+    status: String,
+    page_size: Option<u32>,
+    #[serde(default)]
+    page_token: String,
+}
+
+async fn list_instances(State(s): State<AppState>, QueryParams(p): QueryParams<ListParams>) -> ApiResult<Json<Value>> {
+    let req = pb::ListInstancesRequest {
+        workflow_id: p.workflow_id,
+        status: p.status,
+        page_size: p.page_size.unwrap_or(0),
+        page_token: p.page_token,
+    };
+    let page = s.client().workflows().list_instances(req).await?.into_inner();
+    let instances: Vec<_> = page.instances.into_iter().map(summary_json).collect();
+    let mut body = json!({ "instances": instances });
+    if !page.next_page_token.is_empty() {
+        body["nextPageToken"] = json!(page.next_page_token);
+    }
+    Ok(Json(body))
+}
+
+async fn cancel(State(s): State<AppState>, Path(instance_id): Path<String>) -> ApiResult<impl IntoResponse> {
+    let req = pb::CancelRequest { instance_id: instance_id.clone() };
+    let status = s.client().workflows().cancel(req).await?.into_inner().status;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "instanceId": instance_id, "status": status }))))
+}

@@ -1,0 +1,210 @@
+//! Workflows through the real gateway and control plane: definitions and versions, runs with
+//! retries and compensations, cancel, listing, bad input, and a control plane killed with SIGKILL
+//! in the middle of runs.
+
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reskflow_e2e::harness::{backends, eventually, Backend, ControlPlane, Gateway};
+use reskflow_e2e::targets::ActionService;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn fields(body: &Value) -> Vec<String> {
+    body["error"]["fields"]
+        .as_array()
+        .map(|a| a.iter().map(|f| f["field"].as_str().unwrap_or_default().to_string()).collect())
+        .unwrap_or_default()
+}
+
+async fn system(backend: Backend) -> (ControlPlane, Gateway, ActionService) {
+    let cp = ControlPlane::start_on(backend).await;
+    let gw = Gateway::start(&cp).await;
+    let service = ActionService::start().await;
+    for id in ["stock", "payments", "shipping"] {
+        let (status, body) = gw.post("/api/registry/services", json!({"id": id})).await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = gw
+            .post("/api/registry/instances", json!({"serviceId": id, "address": "127.0.0.1", "port": service.port}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    (cp, gw, service)
+}
+
+fn order_workflow() -> Value {
+    json!({
+        "id": "order-processing", "name": "Order processing", "timeout": "1m",
+        "inputSchema": {"type": "object", "required": ["orderId", "total"],
+                        "properties": {"orderId": {"type": "string"}, "total": {"type": "number"}}},
+        "steps": [
+            {"id": "reserve-stock", "service": "stock", "action": "reserve", "input": {"orderId": "{{input.orderId}}"},
+             "compensate": {"service": "stock", "action": "release", "input": {"orderId": "{{input.orderId}}"}}},
+            {"id": "process-payment", "service": "payments", "action": "charge", "input": {"amount": "{{input.total}}"},
+             "retry": {"maxAttempts": 3, "backoff": {"initial": "20ms", "max": "100ms"}},
+             "next": [{"when": "input.total > 1000", "goto": "manual-review"}],
+             "compensate": {"service": "payments", "action": "refund",
+                            "input": {"chargeId": "{{steps.process-payment.output.id}}"}}},
+            {"id": "ship", "service": "shipping", "action": "ship", "retry": {"maxAttempts": 1},
+             "next": [{"goto": "$end"}]},
+            {"id": "manual-review", "service": "payments", "action": "review"}
+        ],
+        "output": {"chargeId": "{{steps.process-payment.output.id}}", "total": "{{input.total}}"}
+    })
+}
+
+async fn run_to_end(gw: &Gateway, instance_id: &str) -> Value {
+    eventually(&format!("run {instance_id} ends"), WAIT, || async {
+        let (status, body) = gw.get(&format!("/api/workflows/instances/{instance_id}")).await;
+        assert_eq!(status, 200, "{body}");
+        (!matches!(body["status"].as_str(), Some("RUNNING" | "COMPENSATING"))).then_some(body)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn runs_complete_retry_route_and_compensate_through_the_rest_api() {
+    for backend in backends() {
+        let (_cp, gw, service) = system(backend).await;
+        let (status, registered) = gw.post("/api/workflows", order_workflow()).await;
+        assert_eq!(status, 201, "{registered}");
+        assert_eq!(registered["version"], 1);
+        let (_, again) = gw.post("/api/workflows", order_workflow()).await;
+        assert_eq!(again["version"], 2, "registering an id again makes a new version");
+        let (status, got) = gw.get("/api/workflows/order-processing?version=1").await;
+        assert_eq!((status, got["version"].as_i64()), (200, Some(1)));
+
+        // A run that retries a flaky payment and completes.
+        service.fail("charge", 1, 503);
+        let (status, started) =
+            gw.post("/api/workflows/order-processing/execute", json!({"input": {"orderId": "o-1", "total": 40}})).await;
+        assert_eq!(status, 202, "{started}");
+        let id = started["instanceId"].as_str().unwrap().to_string();
+        let done = run_to_end(&gw, &id).await;
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+        assert_eq!(done["output"], json!({"chargeId": "charge-ok", "total": 40}));
+        let pay = done["steps"].as_array().unwrap().iter().find(|s| s["id"] == "process-payment").unwrap();
+        assert_eq!(pay["attempts"].as_array().unwrap().len(), 2);
+        let types: Vec<_> = done["history"].as_array().unwrap().iter().map(|h| h["type"].as_str().unwrap()).collect();
+        assert!(types.contains(&"stepRetrying") && types.ends_with(&["workflowFinished"]), "{types:?}");
+
+        // Routing on results: a large order goes to manual review.
+        let (_, big) = gw
+            .post("/api/workflows/order-processing/execute", json!({"input": {"orderId": "o-2", "total": 5000}}))
+            .await;
+        let big = run_to_end(&gw, big["instanceId"].as_str().unwrap()).await;
+        let statuses: Vec<_> = big["steps"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap()).collect();
+        assert_eq!(statuses, ["completed", "completed", "pending", "completed"]);
+
+        // A failing step compensates the completed ones in reverse.
+        service.fail("ship", 1, 400);
+        let (_, failed) =
+            gw.post("/api/workflows/order-processing/execute", json!({"input": {"orderId": "o-3", "total": 7}})).await;
+        let failed_id = failed["instanceId"].as_str().unwrap().to_string();
+        let failed = run_to_end(&gw, &failed_id).await;
+        assert_eq!(failed["status"], "COMPENSATED", "{failed}");
+        let tail: Vec<_> = service.calls().iter().rev().take(3).map(|c| c.0.clone()).collect();
+        assert_eq!(tail, ["release", "refund", "ship"]);
+
+        // Cancelling a finished run is a conflict.
+        let (status, body) = gw.post(&format!("/api/workflows/instances/{failed_id}/cancel"), json!({})).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")), "{body}");
+
+        // Listing by workflow and status, paginated.
+        let (status, page) = gw.get("/api/workflows/instances?workflowId=order-processing&pageSize=2").await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["instances"].as_array().unwrap().len(), 2);
+        let token = page["nextPageToken"].as_str().unwrap().to_string();
+        let (_, rest) =
+            gw.get(&format!("/api/workflows/instances?workflowId=order-processing&pageSize=2&pageToken={token}")).await;
+        assert_eq!(rest["instances"].as_array().unwrap().len(), 1);
+        let (_, compensated) = gw.get("/api/workflows/instances?status=COMPENSATED").await;
+        assert_eq!(compensated["instances"].as_array().unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn bad_definitions_and_inputs_are_400s_naming_the_field() {
+    let (_cp, gw, _service) = system(Backend::Sqlite).await;
+    let mut bad = order_workflow();
+    bad["steps"][1]["next"][0]["goto"] = json!("nowhere");
+    bad["steps"][0]["input"]["orderId"] = json!("{{input.orderId +}}");
+    let (status, body) = gw.post("/api/workflows", bad).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(fields(&body), ["steps[0].input.orderId", "steps[1].next[0].goto"]);
+
+    gw.post("/api/workflows", order_workflow()).await;
+    let (status, body) = gw.post("/api/workflows/order-processing/execute", json!({"input": {"orderId": 7}})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(fields(&body), ["input", "input/orderId"]);
+    let (status, _) = gw.post("/api/workflows/ghost/execute", json!({})).await;
+    assert_eq!(status, 404);
+    let (status, _) = gw.get("/api/workflows/instances/no-such-run").await;
+    assert_eq!(status, 404);
+    let (status, _) = gw.post("/api/workflows/order-processing/execute", json!({"inputs": {}})).await;
+    assert_eq!(status, 400, "unknown fields are errors");
+    let (status, _) = gw.get("/api/workflows/instances?status=SLEEPING").await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_answers_the_same_run() {
+    let (_cp, gw, _service) = system(Backend::Sqlite).await;
+    gw.post("/api/workflows", order_workflow()).await;
+    let input = json!({"input": {"orderId": "o-9", "total": 1}, "idempotencyKey": "order-o-9"});
+    let (_, first) = gw.post("/api/workflows/order-processing/execute", input.clone()).await;
+    let (_, second) = gw.post("/api/workflows/order-processing/execute", input).await;
+    assert_eq!(first["instanceId"], second["instanceId"]);
+    assert_eq!((first["created"].as_bool(), second["created"].as_bool()), (Some(true), Some(false)));
+}
+
+#[tokio::test]
+async fn runs_survive_a_sigkill_of_the_control_plane_without_losing_or_doubling_a_completion() {
+    for backend in backends() {
+        let (mut cp, gw, service) = system(backend).await;
+        gw.post("/api/workflows", order_workflow()).await;
+        service.delay(150);
+        let mut ids = Vec::new();
+        for n in 0..8 {
+            let (status, started) = gw
+                .post(
+                    "/api/workflows/order-processing/execute",
+                    json!({"input": {"orderId": format!("o-{n}"), "total": 10}}),
+                )
+                .await;
+            assert_eq!(status, 202, "{started}");
+            ids.push(started["instanceId"].as_str().unwrap().to_string());
+        }
+        // Kill it while calls are in flight, then bring it back on the same database.
+        eventually("some steps ran", WAIT, || async { (service.calls().len() >= 6).then_some(()) }).await;
+        cp.crash_and_restart().await;
+
+        for id in &ids {
+            let done = run_to_end(&gw, id).await;
+            assert_eq!(done["status"], "COMPLETED", "{backend:?} {done}");
+            let completions: Vec<_> = done["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|h| h["type"] == "stepCompleted")
+                .map(|h| h["step"].as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(completions, ["reserve-stock", "process-payment", "ship"], "exactly one completion per step");
+        }
+        // Every call of a step carried the same key, before and after the crash.
+        let mut keys: HashMap<String, Vec<String>> = HashMap::new();
+        for (action, key, _) in service.calls() {
+            keys.entry(key).or_default().push(action);
+        }
+        for id in &ids {
+            for step in ["reserve-stock", "process-payment", "ship"] {
+                let calls = keys.get(&format!("{id}:{step}")).map_or(0, Vec::len);
+                assert!(calls >= 1, "{step} of {id} was called");
+            }
+        }
+        assert!(keys.keys().all(|k| ids.iter().any(|id| k.starts_with(id.as_str()))), "no call without a stable key");
+    }
+}
