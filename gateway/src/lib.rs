@@ -39,6 +39,8 @@ pub struct AppState {
     clients: Arc<[Client]>,
     next: Arc<AtomicUsize>,
     health: HealthClient<tonic::transport::Channel>,
+    /// Deadline of calls to the control plane.
+    pub request_timeout: std::time::Duration,
     /// This gateway's location (`REGION`, `ZONE`).
     pub region: String,
     pub zone: String,
@@ -59,6 +61,7 @@ impl AppState {
             clients,
             next: Arc::new(AtomicUsize::new(0)),
             health: HealthClient::new(channel),
+            request_timeout: config.request_timeout,
             region: config.region.clone(),
             zone: config.zone.clone(),
         })

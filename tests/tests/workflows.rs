@@ -151,6 +151,42 @@ async fn bad_definitions_and_inputs_are_400s_naming_the_field() {
 }
 
 #[tokio::test]
+async fn an_ad_hoc_saga_runs_forward_then_compensates_in_reverse_and_can_be_awaited() {
+    let (_cp, gw, service) = system(Backend::Sqlite).await;
+    let saga = |key: &str| {
+        json!({"name": "book-trip", "input": {"trip": "t-1"}, "idempotencyKey": key, "wait": "10s",
+        "steps": [
+          {"name": "reserve-flight",
+           "forward": {"service": "stock", "action": "reserve-flight", "input": {"trip": "{{input.trip}}"}},
+           "compensate": {"service": "stock", "action": "cancel-flight", "input": {"trip": "{{input.trip}}"}}},
+          {"name": "charge", "forward": {"service": "payments", "action": "charge-trip", "retry": {"maxAttempts": 1}},
+           "compensate": {"service": "payments", "action": "refund-trip"}}
+        ]})
+    };
+    let (status, done) = gw.post("/api/saga/execute", saga("trip-1")).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "COMPLETED");
+
+    service.fail("charge-trip", 1, 500);
+    let (status, failed) = gw.post("/api/saga/execute", saga("trip-2")).await;
+    assert_eq!((status, failed["status"].as_str()), (200, Some("COMPENSATED")), "{failed}");
+    let tail: Vec<_> = service.calls().iter().rev().take(2).map(|c| c.0.clone()).collect();
+    assert_eq!(tail, ["cancel-flight", "charge-trip"], "only the completed step is undone");
+
+    let mut no_wait = saga("trip-3");
+    no_wait.as_object_mut().unwrap().remove("wait");
+    let (status, queued) = gw.post("/api/saga/execute", no_wait).await;
+    assert_eq!(status, 202, "{queued}");
+    assert!(queued["instanceId"].is_string());
+
+    let (status, bad) = gw
+        .post("/api/saga/execute", json!({"steps": [{"name": "x", "forward": {"service": "stock", "action": "a b"}}]}))
+        .await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(fields(&bad), ["steps[0].forward.action"]);
+}
+
+#[tokio::test]
 async fn the_same_idempotency_key_answers_the_same_run() {
     let (_cp, gw, _service) = system(Backend::Sqlite).await;
     gw.post("/api/workflows", order_workflow()).await;

@@ -138,6 +138,25 @@ impl workflows_server::Workflows for WorkflowsApi {
         }))
     }
 
+    async fn execute_saga(&self, req: Request<pb::ExecuteSagaRequest>) -> Result<Response<pb::SagaResult>, Status> {
+        let json = req.into_inner().request_json;
+        let (instance_id, created, ended) = self.engine.execute_saga(&json).await?;
+        let result = match ended {
+            Some(view) => pb::SagaResult {
+                status: view.summary.status.clone(),
+                detail_json: serde_json::to_string(&view).map_err(|e| Status::internal(e.to_string()))?,
+                instance_id,
+                created,
+                finished: true,
+            },
+            None => {
+                let status = self.engine.view(&instance_id).await.map(|v| v.summary.status).unwrap_or_default();
+                pb::SagaResult { instance_id, created, status, finished: false, detail_json: String::new() }
+            }
+        };
+        Ok(Response::new(result))
+    }
+
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
         let id = req.into_inner().instance_id;
         if id.is_empty() || id.len() > 64 {

@@ -291,6 +291,57 @@ impl Engine {
         Ok(self.inner.store.create_instance(&row, &t.history, &t.tasks).await?)
     }
 
+    /// Runs an ad-hoc saga; with `wait`, waits up to that long for it to end. Returns the run's id,
+    /// whether it is new, and its detail when it ended within the wait.
+    pub async fn execute_saga(
+        &self,
+        json: &str,
+    ) -> Result<(String, bool, Option<super::view::InstanceView>), WorkflowError> {
+        let request = super::saga::SagaRequest::parse(json)?;
+        let spec = request.workflow();
+        // Check it as a definition (step names, calls, templates), naming fields as the saga does.
+        let def = Definition::compile(spec.clone()).map_err(|invalid| {
+            Invalid(
+                invalid
+                    .0
+                    .into_iter()
+                    .map(|mut v| {
+                        v.field = super::saga::saga_field(&v.field);
+                        v
+                    })
+                    .collect(),
+            )
+        })?;
+        let body = serde_json::to_string(&def.spec).map_err(|e| WorkflowError::Corrupt(e.to_string()))?;
+        let stored = self.inner.store.definition(&spec.id, None).await?;
+        let version = match stored {
+            Some(d) if d.body == body => d.version,
+            _ => self.inner.store.put_definition(&spec.id, &spec.name, &body).await?,
+        };
+        let (id, created) = self
+            .execute(
+                &spec.id,
+                Some(version),
+                request.input.unwrap_or_else(|| serde_json::json!({})),
+                request.idempotency_key,
+            )
+            .await?;
+        let Some(wait) = request.wait else {
+            return Ok((id, created, None));
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let view = self.view(&id).await?;
+            if !matches!(view.summary.status.as_str(), "RUNNING" | "COMPENSATING") {
+                return Ok((id, created, Some(view)));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok((id, created, None));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Asks a run to stop: no new step starts, the step in flight is still recorded, completed
     /// steps are compensated, then the run ends CANCELLED.
     pub async fn cancel(&self, instance_id: &str) -> Result<(), WorkflowError> {

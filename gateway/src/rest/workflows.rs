@@ -22,6 +22,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/workflows/instances/{instance_id}/cancel", post(cancel))
         .route("/api/workflows/{workflow_id}", get(definition))
         .route("/api/workflows/{workflow_id}/execute", post(execute))
+        .route("/api/saga/execute", post(execute_saga))
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -151,4 +152,18 @@ async fn cancel(State(s): State<AppState>, Path(instance_id): Path<String>) -> A
     let req = pb::CancelRequest { instance_id: instance_id.clone() };
     let status = s.client().workflows().cancel(req).await?.into_inner().status;
     Ok((StatusCode::ACCEPTED, Json(json!({ "instanceId": instance_id, "status": status }))))
+}
+
+/// 200 with the run's detail when the saga ended within `wait`; otherwise 202 with its id.
+async fn execute_saga(State(s): State<AppState>, JsonBody(body): JsonBody<Value>) -> ApiResult<impl IntoResponse> {
+    let req = pb::ExecuteSagaRequest { request_json: body.to_string() };
+    // The call may wait for the saga: allow for that beyond the usual deadline.
+    let mut request = tonic::Request::new(req);
+    request.set_timeout(s.request_timeout + std::time::Duration::from_secs(60));
+    let result = s.client().workflows().execute_saga(request).await?.into_inner();
+    if result.finished {
+        return Ok((StatusCode::OK, Json(parse_json("detail", &result.detail_json)?)));
+    }
+    let body = json!({ "instanceId": result.instance_id, "status": result.status, "created": result.created });
+    Ok((StatusCode::ACCEPTED, Json(body)))
 }
