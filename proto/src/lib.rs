@@ -5,10 +5,12 @@
 //!   JSON form (the REST API's camelCase), validation and the conversions to and from [`pb`].
 //! - [`invalid`]: field-level validation errors and their gRPC form (`google.rpc.BadRequest`).
 //! - [`client`]: connect to the control plane with timeouts; typed calls that speak the domain model.
+//! - [`saga`]: an in-process saga runner (forward and compensate closures).
 
 pub mod client;
 pub mod invalid;
 pub mod registry;
+pub mod saga;
 
 /// Generated protobuf code, one module per proto package.
 pub mod pb {
