@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use reskflow_e2e::harness::{backends, eventually, Backend, ControlPlane, Gateway};
+use reskflow_e2e::harness::{
+    backends, eventually, fresh_postgres_url, Backend, ControlPlane, ControlPlaneOptions, Gateway,
+};
 use reskflow_e2e::targets::ActionService;
 use serde_json::{json, Value};
 
@@ -242,5 +244,63 @@ async fn runs_survive_a_sigkill_of_the_control_plane_without_losing_or_doubling_
             }
         }
         assert!(keys.keys().all(|k| ids.iter().any(|id| k.starts_with(id.as_str()))), "no call without a stable key");
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_share_the_queue_and_one_takes_over_when_the_other_dies() {
+    if std::env::var("DATABASE_URL").map_or(true, |u| !u.starts_with("postgres")) {
+        assert!(std::env::var("CI").is_err(), "CI runs without DATABASE_URL: run the README's test command");
+        eprintln!("skipped: DATABASE_URL does not name a PostgreSQL database");
+        return;
+    }
+    let url = fresh_postgres_url().await;
+    // Two calls at a time each, so both replicas must work; short leases so takeover is quick.
+    let options = |node: &str| ControlPlaneOptions {
+        database_url: Some(url.clone()),
+        env: vec![
+            ("NODE_ID".into(), node.into()),
+            ("WORKFLOW_CONCURRENCY".into(), "2".into()),
+            ("WORKFLOW_LEASE".into(), "1s".into()),
+        ],
+    };
+    let mut a = ControlPlane::start_with(options("a")).await;
+    let b = ControlPlane::start_with(options("b")).await;
+    let gw = Gateway::start(&b).await;
+    let service = ActionService::start().await;
+    for id in ["stock", "payments", "shipping"] {
+        gw.post("/api/registry/services", json!({"id": id})).await;
+        gw.post("/api/registry/instances", json!({"serviceId": id, "address": "127.0.0.1", "port": service.port}))
+            .await;
+    }
+    let mut workflow = order_workflow();
+    for step in workflow["steps"].as_array_mut().unwrap() {
+        step["timeout"] = json!("1s");
+    }
+    let (status, body) = gw.post("/api/workflows", workflow).await;
+    assert_eq!(status, 201, "{body}");
+    service.delay(100);
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        let (_, started) = gw
+            .post(
+                "/api/workflows/order-processing/execute",
+                json!({"input": {"orderId": format!("o-{n}"), "total": 3}}),
+            )
+            .await;
+        ids.push(started["instanceId"].as_str().unwrap().to_string());
+    }
+    eventually("both replicas claim tasks", WAIT, || async {
+        let claimed = |cp: &ControlPlane| cp.process.log().contains("claimed workflow tasks");
+        (claimed(&a) && claimed(&b)).then_some(())
+    })
+    .await;
+    a.process.kill().await;
+
+    for id in &ids {
+        let done = run_to_end(&gw, id).await;
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+        let completions = done["history"].as_array().unwrap().iter().filter(|h| h["type"] == "stepCompleted").count();
+        assert_eq!(completions, 3, "each step recorded once: {done}");
     }
 }

@@ -242,6 +242,9 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
             match store.claim_tasks(&options.node_id, options.lease, u32::try_from(free).unwrap_or(u32::MAX)).await {
                 Ok(tasks) => {
                     claimed = tasks.len();
+                    if claimed > 0 {
+                        debug!(count = claimed, "claimed workflow tasks");
+                    }
                     for task in tasks {
                         let Ok(permit) = permits.clone().acquire_owned().await else { break };
                         let span = tracing::debug_span!("task", instance_id = %task.instance_id, kind = ?task.kind, step = task.step);
