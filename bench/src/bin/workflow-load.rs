@@ -41,7 +41,11 @@ struct Seen {
     calls: AtomicUsize,
 }
 
-async fn action(State(seen): State<Arc<Seen>>, Path(action): Path<String>, headers: HeaderMap) -> Json<serde_json::Value> {
+async fn action(
+    State(seen): State<Arc<Seen>>,
+    Path(action): Path<String>,
+    headers: HeaderMap,
+) -> Json<serde_json::Value> {
     let now = Instant::now();
     seen.calls.fetch_add(1, Ordering::Relaxed);
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
@@ -130,7 +134,10 @@ async fn main() -> anyhow::Result<()> {
     let mut latencies: Vec<f64> = {
         let starts = started.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let firsts = seen.first_call.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        starts.iter().filter_map(|(id, at)| firsts.get(id).map(|f| f.duration_since(*at).as_secs_f64() * 1000.0)).collect()
+        starts
+            .iter()
+            .filter_map(|(id, at)| firsts.get(id).map(|f| f.duration_since(*at).as_secs_f64() * 1000.0))
+            .collect()
     };
     latencies.sort_by(f64::total_cmp);
     println!(

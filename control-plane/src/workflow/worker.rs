@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use super::definition::RetryOn;
+use super::definition::{Definition, RetryOn};
 use super::engine::{transition_of, Engine, WorkflowError};
 use super::state::{Event, Run, Status, StepError};
 use crate::registry::RegistryError;
@@ -123,7 +123,7 @@ impl Engine {
         };
         let Some(step) = def.steps.get(task.step).filter(|_| live) else {
             // Stale (the run moved on, or was cancelled while this retry waited): drop it.
-            self.commit(task, None).await?;
+            self.commit(task, &def, None).await?;
             return Ok(());
         };
         let vars = run.vars(id);
@@ -153,7 +153,7 @@ impl Engine {
             (_, Ok(_)) => Event::CompensationSucceeded { step: task.step },
             (_, Err(error)) => Event::CompensationFailed { step: task.step, attempt: task.attempt, error },
         };
-        self.commit(task, Some(event)).await
+        self.commit(task, &def, Some(event)).await
     }
 
     async fn run_deadline(&self, task: &Task) -> Result<(), WorkflowError> {
@@ -178,13 +178,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Commits `event` for `task` (None: just drop the task).
-    async fn commit(&self, task: &Task, event: Option<Event>) -> Result<(), WorkflowError> {
+    /// Commits `event` for `task` of a run of `def` (None: just drop the task).
+    async fn commit(&self, task: &Task, def: &Definition, event: Option<Event>) -> Result<(), WorkflowError> {
         let id = task.instance_id.clone();
-        let Some(row) = self.inner.store.instance(&id).await? else {
-            return Ok(());
-        };
-        let def = self.compiled(&row.workflow_id, row.version).await?;
         let owner = self.inner.options.node_id.clone();
         let mut finished = None;
         let committed = self
@@ -195,7 +191,7 @@ impl Engine {
                     return Ok(None);
                 };
                 let mut run: Run = serde_json::from_str(stored.run).map_err(|e| corrupt(&id, e))?;
-                let effects = run.on(&def, &id, event, &mut || rand::random::<f64>());
+                let effects = run.on(def, &id, event, &mut || rand::random::<f64>());
                 if effects.is_empty() {
                     return Ok(None);
                 }
