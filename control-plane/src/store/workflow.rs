@@ -122,6 +122,16 @@ fn task_from(row: &AnyRow) -> Result<Task, StoreError> {
     })
 }
 
+fn definition_from(row: &AnyRow) -> Result<StoredDefinition, StoreError> {
+    Ok(StoredDefinition {
+        id: row.try_get("id")?,
+        version: row.try_get("version")?,
+        name: row.try_get("name")?,
+        body: row.try_get("body")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
 fn instance_from(row: &AnyRow) -> Result<InstanceRow, StoreError> {
     Ok(InstanceRow {
         id: row.try_get("id")?,
@@ -226,16 +236,7 @@ impl Store {
             None => "SELECT id, version, name, body, created_at_ms FROM workflow_definitions WHERE id = $1 AND version >= $2 ORDER BY version DESC LIMIT 1",
         };
         let row = sqlx::query(query).bind(id).bind(version.unwrap_or(0)).fetch_optional(&self.pool).await?;
-        row.map(|r| {
-            Ok(StoredDefinition {
-                id: r.try_get("id")?,
-                version: r.try_get("version")?,
-                name: r.try_get("name")?,
-                body: r.try_get("body")?,
-                created_at_ms: r.try_get("created_at_ms")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(definition_from).transpose()
     }
 
     /// The latest version of every definition, by id.
@@ -246,17 +247,7 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredDefinition {
-                    id: r.try_get("id")?,
-                    version: r.try_get("version")?,
-                    name: r.try_get("name")?,
-                    body: r.try_get("body")?,
-                    created_at_ms: r.try_get("created_at_ms")?,
-                })
-            })
-            .collect()
+        rows.iter().map(definition_from).collect()
     }
 
     /// Creates a run with its first history and tasks. With an idempotency key already used for
