@@ -40,8 +40,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let node_id = if config.node_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { config.node_id.clone() };
     let mut store_options = store::Options::new(&config.database_url);
     store_options.max_connections = config.db_max_connections;
+    store_options.node_id = node_id.clone();
     let store = Store::connect(&store_options).await.context("while opening the store")?;
     let registry = Registry::load(store.clone()).await.context("while loading the registry")?;
     info!(backend = ?store.backend(), version = registry.version(), "registry loaded");
@@ -50,7 +52,6 @@ pub async fn run(
     let tasks = TaskTracker::new();
     tasks.spawn(store.clone().listen_for_changes(stop.clone()).in_current_span());
     tasks.spawn(sync::run(registry.clone(), stop.clone()).in_current_span());
-    let node_id = if config.node_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { config.node_id.clone() };
     let monitor =
         MonitorOptions { node_id: node_id.clone(), lease_ttl: config.health_lease_ttl, ..MonitorOptions::default() };
     tasks.spawn(health_check::run(registry.clone(), monitor, stop.clone()).instrument(tracing::info_span!("health")));

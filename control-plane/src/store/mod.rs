@@ -21,7 +21,7 @@ use sqlx::{AnyPool, Executor};
 use tokio::sync::Notify;
 
 pub use registry::{ChangeRecord, Mutation};
-pub use workflow::{Committed, InstanceRow, NewTask, Stored, StoredDefinition, Task, TaskKind, Transition};
+pub use workflow::{Commit, Committed, InstanceRow, NewTask, Stored, StoredDefinition, Task, TaskKind, Transition};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -65,11 +65,18 @@ pub struct Options {
     pub url: String,
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// This replica's name (on its notifications, so it can ignore its own).
+    pub node_id: String,
 }
 
 impl Options {
     pub fn new(url: impl Into<String>) -> Self {
-        Options { url: url.into(), max_connections: 8, acquire_timeout: Duration::from_secs(5) }
+        Options {
+            url: url.into(),
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+            node_id: uuid::Uuid::new_v4().to_string(),
+        }
     }
 }
 
@@ -79,11 +86,12 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     url: String,
+    node_id: String,
     /// Signalled when a change commits, by this process or (PostgreSQL) another replica.
     changed: Arc<Notify>,
     /// SQLite has one writer: writes queue here instead of failing with SQLITE_BUSY.
     write_gate: Arc<tokio::sync::Mutex<()>>,
-    /// Signalled when this process queues a workflow task.
+    /// Signalled when this process (or, on PostgreSQL, another replica) queues a due workflow task.
     tasks_ready: Arc<Notify>,
 }
 
@@ -144,6 +152,7 @@ impl Store {
             pool,
             backend,
             url,
+            node_id: options.node_id.clone(),
             changed: Arc::new(Notify::new()),
             write_gate: Arc::new(tokio::sync::Mutex::new(())),
             tasks_ready: Arc::new(Notify::new()),

@@ -2,6 +2,8 @@
 //! on PostgreSQL a listener task also turns other replicas' `NOTIFY`s into the same signal. The
 //! reader of the change log treats every signal as a hint and re-reads the log, so a lost
 //! notification (a dropped listener connection) costs latency, never a change: the reader also polls.
+//! The same listener wakes this replica's workflow workers when another replica queues a due task
+//! (the workers also poll).
 
 use std::time::Duration;
 
@@ -11,6 +13,9 @@ use tracing::{debug, warn};
 
 use super::registry::CHANGE_CHANNEL;
 use super::{Backend, Store};
+
+/// Channel of "due workflow tasks were queued"; the payload is the queuing replica's node id.
+pub(super) const TASKS_CHANNEL: &str = "reskflow_tasks";
 
 impl Store {
     /// Runs until `shutdown`: forwards other replicas' notifications (PostgreSQL; a no-op on SQLite).
@@ -32,21 +37,28 @@ impl Store {
                     continue;
                 }
             };
-            if let Err(err) = listener.listen(CHANGE_CHANNEL).await {
+            if let Err(err) = listener.listen_all([CHANGE_CHANNEL, TASKS_CHANNEL]).await {
                 warn!(error = %err, "change listener cannot LISTEN; retrying");
                 continue;
             }
             backoff = Duration::from_millis(100);
             // Anything may have changed while we were not listening.
             self.changed.notify_one();
+            self.tasks_ready.notify_one();
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     received = listener.try_recv() => match received {
+                        Ok(Some(n)) if n.channel() == TASKS_CHANNEL => {
+                            if n.payload() != self.node_id {
+                                self.tasks_ready.notify_one();
+                            }
+                        }
                         Ok(Some(_)) => self.changed.notify_one(),
                         Ok(None) => {
                             debug!("change listener connection lost; reconnecting");
                             self.changed.notify_one();
+                            self.tasks_ready.notify_one();
                         }
                         Err(err) => {
                             warn!(error = %err, "change listener failed; reconnecting");

@@ -170,7 +170,7 @@ fn row(id: &str, key: Option<&str>) -> InstanceRow {
 }
 
 fn step_task(step: usize) -> NewTask {
-    NewTask { kind: TaskKind::Step, step, attempt: 1, run_at_ms: 0 }
+    NewTask { kind: TaskKind::Step, step, attempt: 1, run_at_ms: 0, hold_ms: 0 }
 }
 
 #[tokio::test]
@@ -250,7 +250,8 @@ async fn a_task_is_held_by_one_worker_until_its_lease_runs_out() {
 async fn a_finished_run_drops_its_remaining_tasks_and_a_restart_frees_its_leases() {
     for (store, _guard) in stores().await {
         store.put_definition("order", "Order", "{}").await.unwrap();
-        let deadline = NewTask { kind: TaskKind::Deadline, step: 0, attempt: 0, run_at_ms: now_ms() + 60_000 };
+        let deadline =
+            NewTask { kind: TaskKind::Deadline, step: 0, attempt: 0, run_at_ms: now_ms() + 60_000, hold_ms: 0 };
         store.create_instance(&row("r1", None), &[], &[step_task(0), deadline]).await.unwrap();
         let claimed = store.claim_tasks("a", Duration::from_secs(60), 10).await.unwrap();
         assert_eq!(claimed.len(), 1, "the deadline is not due");
@@ -280,7 +281,7 @@ async fn withdrawing_waiting_calls_spares_the_one_a_worker_holds() {
     for (store, _guard) in stores().await {
         store.put_definition("order", "Order", "{}").await.unwrap();
         store.create_instance(&row("held", None), &[], &[step_task(0)]).await.unwrap();
-        let later = NewTask { kind: TaskKind::Step, step: 1, attempt: 2, run_at_ms: now_ms() + 60_000 };
+        let later = NewTask { kind: TaskKind::Step, step: 1, attempt: 2, run_at_ms: now_ms() + 60_000, hold_ms: 0 };
         store.create_instance(&row("waiting", None), &[], &[later]).await.unwrap();
         assert_eq!(store.claim_tasks("w", Duration::from_secs(60), 10).await.unwrap().len(), 1);
         for (id, withdrawn) in [("held", false), ("waiting", true)] {
@@ -295,5 +296,120 @@ async fn withdrawing_waiting_calls_spares_the_one_a_worker_holds() {
             assert_eq!(seen, Some(withdrawn), "{id}");
         }
         assert_eq!(store.next_task_due_ms().await.unwrap(), None, "the waiting retry is gone");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_commits_many_runs_in_order_and_each_commit_fails_alone() {
+    for (store, _guard) in stores().await {
+        store.put_definition("order", "Order", "{}").await.unwrap();
+        for id in ["r1", "r2", "r3"] {
+            store.create_instance(&row(id, None), &["{\"type\":\"started\"}".into()], &[step_task(0)]).await.unwrap();
+        }
+        let tasks = store.claim_tasks("w", Duration::from_secs(60), 10).await.unwrap();
+        assert_eq!(tasks.len(), 3);
+        let task_of = |id: &str| tasks.iter().find(|t| t.instance_id == id).map(|t| t.id);
+        let step = |n: usize, run: &'static str| {
+            move |stored: Stored<'_>| {
+                Ok(Some(Transition {
+                    status: "RUNNING".into(),
+                    run: format!("{}+{run}", stored.run),
+                    history: vec![format!("{{\"n\":{n}}}")],
+                    tasks: vec![step_task(n)],
+                    finished: false,
+                }))
+            }
+        };
+        let commits = vec![
+            Commit {
+                instance_id: "r1".into(),
+                task: task_of("r1"),
+                withdraw_waiting_calls: false,
+                apply: Box::new(step(1, "a")),
+            },
+            // A second commit of the same run in the batch sees the first one's state.
+            Commit {
+                instance_id: "r1".into(),
+                task: None,
+                withdraw_waiting_calls: false,
+                apply: Box::new(step(2, "b")),
+            },
+            // An unreadable run fails alone, and its task stays held.
+            Commit {
+                instance_id: "r2".into(),
+                task: task_of("r2"),
+                withdraw_waiting_calls: false,
+                apply: Box::new(|_| Err(StoreError::Corrupt { what: "run r2".into(), why: "test".into() })),
+            },
+            Commit {
+                instance_id: "r3".into(),
+                task: Some(-1),
+                withdraw_waiting_calls: false,
+                apply: Box::new(step(1, "lost")),
+            },
+            Commit {
+                instance_id: "gone".into(),
+                task: None,
+                withdraw_waiting_calls: false,
+                apply: Box::new(step(1, "x")),
+            },
+            Commit {
+                instance_id: "r3".into(),
+                task: task_of("r3"),
+                withdraw_waiting_calls: false,
+                apply: Box::new(|_| {
+                    Ok(Some(Transition {
+                        status: "COMPLETED".into(),
+                        run: "{}".into(),
+                        finished: true,
+                        ..Default::default()
+                    }))
+                }),
+            },
+        ];
+        let results = store.commit_batch("w", commits).await.unwrap();
+        let summary: Vec<String> = results
+            .iter()
+            .map(|r| match r {
+                Ok(c) => format!("{c:?}"),
+                Err(StoreError::Corrupt { .. }) => "Corrupt".into(),
+                Err(StoreError::NotFound { .. }) => "NotFound".into(),
+                Err(e) => e.to_string(),
+            })
+            .collect();
+        assert_eq!(summary, ["Done", "Done", "Corrupt", "LeaseLost", "NotFound", "Done"], "{:?}", store.backend());
+
+        let r1 = store.instance("r1").await.unwrap().unwrap();
+        assert_eq!(r1.run, "{}+a+b");
+        let seqs: Vec<String> = store.history("r1").await.unwrap().into_iter().map(|(_, body)| body).collect();
+        assert_eq!(seqs, ["{\"type\":\"started\"}", "{\"n\":1}", "{\"n\":2}"]);
+        assert_eq!(store.instance("r2").await.unwrap().unwrap().run, "{}", "nothing written for r2");
+        assert_eq!(store.instance("r3").await.unwrap().unwrap().status, "COMPLETED");
+
+        // r1's two new tasks are due; r2's task is still held by w; r3 has none left.
+        let next = store.claim_tasks("w2", Duration::from_secs(60), 10).await.unwrap();
+        let mut next: Vec<_> = next.iter().map(|t| (t.instance_id.as_str(), t.step)).collect();
+        next.sort();
+        assert_eq!(next, [("r1", 1), ("r1", 2)]);
+        let r2 = store.transition("r2", task_of("r2").map(|id| (id, "w")), false, |_| Ok(None)).await.unwrap();
+        assert_eq!(r2, Committed::Done, "r2's task was kept for a retry");
+    }
+}
+
+#[tokio::test]
+async fn a_claim_holds_each_task_for_its_own_call_timeout_beyond_the_lease() {
+    for (store, _guard) in stores().await {
+        store.put_definition("order", "Order", "{}").await.unwrap();
+        let long = NewTask { hold_ms: 60_000, ..step_task(0) };
+        store.create_instance(&row("slow", None), &[], &[long]).await.unwrap();
+        store.create_instance(&row("fast", None), &[], &[step_task(0)]).await.unwrap();
+        let short = Duration::from_millis(100);
+        assert_eq!(store.claim_tasks("a", short, 10).await.unwrap().len(), 2);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let taken: Vec<_> =
+            store.claim_tasks("b", short, 10).await.unwrap().into_iter().map(|t| t.instance_id).collect();
+        assert_eq!(taken, ["fast"], "the slow call's task is still held");
+        let rows = store.instances(&["slow", "fast", "none"]).await.unwrap();
+        assert_eq!(rows.len(), 2);
     }
 }

@@ -1,10 +1,13 @@
 //! Durable workflow state: versioned definitions, runs, their append-only history, and the task
 //! queue. A worker claims due tasks under a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so
-//! replicas never claim the same task); it commits a task's outcome with [`Store::transition`],
-//! which in one transaction checks the worker still holds the lease, locks the run, applies the
-//! state machine to the run as stored, appends the history and enqueues what comes next. A worker
-//! that lost its lease (it stalled and another took over) commits nothing.
+//! replicas never claim the same task); it commits task outcomes with [`Store::commit_batch`],
+//! which in one transaction locks the runs, checks the worker still holds each task's lease,
+//! applies the state machine to each run as stored, appends the history and enqueues what comes
+//! next. A worker that lost a lease (it stalled and another took over) commits nothing for that
+//! task. A batch costs a fixed number of statements whatever its size (multi-row writes), so under
+//! load many step completions share one transaction and one disk flush.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::any::AnyRow;
@@ -67,6 +70,8 @@ pub struct NewTask {
     pub step: usize,
     pub attempt: u32,
     pub run_at_ms: i64,
+    /// How long a claim holds the task beyond the base lease (the call's timeout).
+    pub hold_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,6 +107,20 @@ pub struct Stored<'a> {
     pub run: &'a str,
     /// A waiting call task of the run was withdrawn (see `transition`).
     pub withdrew_call: bool,
+}
+
+/// One run's commit in a batch (see [`Store::commit_batch`]).
+pub struct Commit<'a> {
+    pub instance_id: String,
+    /// The claimed task this commit consumes; it must still be held by the batch's owner.
+    pub task: Option<i64>,
+    /// First remove the run's step tasks no worker holds (a cancel: a retry waiting for its
+    /// backoff is not in flight and must not start).
+    pub withdraw_waiting_calls: bool,
+    /// Maps the run as stored (after earlier commits of the batch) to what to write; None writes
+    /// nothing but still consumes the task.
+    #[allow(clippy::type_complexity)]
+    pub apply: Box<dyn FnOnce(Stored<'_>) -> Result<Option<Transition>, StoreError> + Send + 'a>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,45 +168,72 @@ fn instance_from(row: &AnyRow) -> Result<InstanceRow, StoreError> {
 const INSTANCE_COLUMNS: &str =
     "id, workflow_id, version, status, run, idempotency_key, created_at_ms, updated_at_ms, deadline_ms";
 
-async fn insert_tasks(tx: &mut Transaction<'_, Any>, instance_id: &str, tasks: &[NewTask]) -> Result<(), StoreError> {
-    for t in tasks {
-        sqlx::query(
-            "INSERT INTO workflow_tasks (instance_id, kind, step, attempt, run_at_ms) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(instance_id)
-        .bind(t.kind.as_str())
-        .bind(i64::try_from(t.step).unwrap_or(i64::MAX))
-        .bind(i64::from(t.attempt))
-        .bind(t.run_at_ms)
-        .execute(&mut **tx)
-        .await?;
+/// Rows per multi-row statement: well under SQLite's 32,766 and PostgreSQL's 65,535 parameters.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// `($1, $2), ($3, $4)` for `rows` rows of `cols` columns, numbering from `first`.
+fn values(rows: usize, cols: usize, first: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("${}", first + r * cols + c));
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// `$1, $2, ...` for a list of `n`, numbering from `first`.
+fn list(n: usize, first: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+async fn insert_tasks(tx: &mut Transaction<'_, Any>, tasks: &[(&str, &NewTask)]) -> Result<(), StoreError> {
+    for chunk in tasks.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO workflow_tasks (instance_id, kind, step, attempt, run_at_ms, hold_ms) VALUES {}",
+            values(chunk.len(), 6, 1)
+        );
+        let mut query = sqlx::query(&sql);
+        for (instance_id, t) in chunk {
+            query = query
+                .bind(*instance_id)
+                .bind(t.kind.as_str())
+                .bind(i64::try_from(t.step).unwrap_or(i64::MAX))
+                .bind(i64::from(t.attempt))
+                .bind(t.run_at_ms)
+                .bind(t.hold_ms);
+        }
+        query.execute(&mut **tx).await?;
     }
     Ok(())
 }
 
-async fn append_history(
-    tx: &mut Transaction<'_, Any>,
-    instance_id: &str,
-    entries: &[String],
-    at: i64,
-) -> Result<(), StoreError> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM workflow_events WHERE instance_id = $1")
-        .bind(instance_id)
-        .fetch_one(&mut **tx)
-        .await?;
-    for (n, body) in entries.iter().enumerate() {
-        sqlx::query("INSERT INTO workflow_events (instance_id, seq, at_ms, body) VALUES ($1, $2, $3, $4)")
-            .bind(instance_id)
-            .bind(last + 1 + i64::try_from(n).unwrap_or(0))
-            .bind(at)
-            .bind(body)
-            .execute(&mut **tx)
-            .await?;
+/// Appends history entries given as (run, seq, body).
+async fn insert_events(tx: &mut Transaction<'_, Any>, events: &[(&str, i64, &str)], at: i64) -> Result<(), StoreError> {
+    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let sql =
+            format!("INSERT INTO workflow_events (instance_id, seq, at_ms, body) VALUES {}", values(chunk.len(), 4, 1));
+        let mut query = sqlx::query(&sql);
+        for (instance_id, seq, body) in chunk {
+            query = query.bind(*instance_id).bind(*seq).bind(at).bind(*body);
+        }
+        query.execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// A run as locked by a batch, with what the batch changed so far.
+struct Live {
+    status: String,
+    run: String,
+    history_len: i64,
+    dirty: bool,
+    finished: bool,
 }
 
 impl Store {
@@ -260,8 +306,8 @@ impl Store {
     ) -> Result<(String, bool), StoreError> {
         let (_gate, mut tx) = self.begin_workflow_write().await?;
         let inserted = sqlx::query(
-            "INSERT INTO workflow_instances (id, workflow_id, version, status, run, idempotency_key, created_at_ms, updated_at_ms, deadline_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+            "INSERT INTO workflow_instances (id, workflow_id, version, status, run, idempotency_key, created_at_ms, updated_at_ms, deadline_ms, history_len) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
         )
         .bind(&row.id)
         .bind(&row.workflow_id)
@@ -272,6 +318,7 @@ impl Store {
         .bind(row.created_at_ms)
         .bind(row.updated_at_ms)
         .bind(row.deadline_ms)
+        .bind(i64::try_from(history.len()).unwrap_or(i64::MAX))
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -292,10 +339,18 @@ impl Store {
                 .map(|id| (id, false))
                 .ok_or_else(|| StoreError::Conflict(format!("instance {} already exists", row.id)));
         }
-        append_history(&mut tx, &row.id, history, row.created_at_ms).await?;
-        insert_tasks(&mut tx, &row.id, tasks).await?;
+        let events: Vec<_> = (1..).zip(history).map(|(seq, body)| (row.id.as_str(), seq, body.as_str())).collect();
+        insert_events(&mut tx, &events, row.created_at_ms).await?;
+        let due = tasks.iter().any(|t| t.run_at_ms <= now_ms());
+        let tasks: Vec<_> = tasks.iter().map(|t| (row.id.as_str(), t)).collect();
+        insert_tasks(&mut tx, &tasks).await?;
+        if due {
+            self.announce_tasks(&mut tx).await?;
+        }
         tx.commit().await?;
-        self.tasks_ready.notify_one();
+        if due {
+            self.tasks_ready.notify_one();
+        }
         Ok((row.id.clone(), true))
     }
 
@@ -342,14 +397,18 @@ impl Store {
         rows.iter().map(|r| Ok((r.try_get("at_ms")?, r.try_get("body")?))).collect()
     }
 
-    /// Claims up to `limit` due tasks for `owner` until now + `lease`.
+    /// Claims up to `limit` due tasks for `owner`, each until now + `lease` + its hold.
     pub async fn claim_tasks(&self, owner: &str, lease: Duration, limit: u32) -> Result<Vec<Task>, StoreError> {
         let now = now_ms();
         let until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
         let lock = if self.backend == Backend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
-        let (_gate, mut tx) = self.begin_workflow_write().await?;
+        let _gate = match self.backend {
+            Backend::Sqlite => Some(self.write_gate.lock().await),
+            Backend::Postgres => None,
+        };
+        // One statement is its own transaction: one round trip.
         let rows = sqlx::query(&format!(
-            "UPDATE workflow_tasks SET lease_owner = $1, lease_until_ms = $2 WHERE id IN \
+            "UPDATE workflow_tasks SET lease_owner = $1, lease_until_ms = $2 + hold_ms WHERE id IN \
              (SELECT id FROM workflow_tasks WHERE run_at_ms <= $3 AND lease_until_ms < $3 ORDER BY run_at_ms LIMIT $4 {lock}) \
              RETURNING id, instance_id, kind, step, attempt, run_at_ms"
         ))
@@ -357,10 +416,26 @@ impl Store {
         .bind(until)
         .bind(now)
         .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        tx.commit().await?;
         rows.iter().map(task_from).collect()
+    }
+
+    /// The runs with these ids (those that exist), in one query.
+    pub async fn instances(&self, ids: &[&str]) -> Result<Vec<InstanceRow>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let sql =
+                format!("SELECT {INSTANCE_COLUMNS} FROM workflow_instances WHERE id IN ({})", list(chunk.len(), 1));
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                out.push(instance_from(&row)?);
+            }
+        }
+        Ok(out)
     }
 
     /// When the next task falls due (for the worker's sleep), if any is queued and unleased.
@@ -394,10 +469,7 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Commits the outcome of `task` (held by `owner`): under the run's row lock, `apply` maps the
-    /// stored run to a transition, which is written with the task's removal. `task` None: an outside
-    /// event with no task to consume. `withdraw_waiting_calls`: first remove the run's step tasks no
-    /// worker holds (a cancel: a retry waiting for its backoff is not in flight and must not start).
+    /// Commits one run's transition: see [`Commit`]. `task` is the consumed task and its owner.
     pub async fn transition<F>(
         &self,
         instance_id: &str,
@@ -406,81 +478,195 @@ impl Store {
         apply: F,
     ) -> Result<Committed, StoreError>
     where
-        F: FnOnce(Stored<'_>) -> Result<Option<Transition>, StoreError>,
+        F: FnOnce(Stored<'_>) -> Result<Option<Transition>, StoreError> + Send,
     {
-        let (_gate, mut tx) = self.begin_workflow_write().await?;
-        if let Some((task_id, owner)) = task {
-            let held = sqlx::query("DELETE FROM workflow_tasks WHERE id = $1 AND lease_owner = $2")
-                .bind(task_id)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?;
-            if held.rows_affected() == 0 {
-                return Ok(Committed::LeaseLost);
-            }
-        }
-        let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
-        let row = sqlx::query(&format!("SELECT status, run FROM workflow_instances WHERE id = $1{lock}"))
-            .bind(instance_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound { kind: "workflow instance", id: instance_id.to_string() })?;
-        let status: String = row.try_get("status")?;
-        let run: String = row.try_get("run")?;
-        let withdrew_call = if withdraw_waiting_calls {
-            // Under the run's lock: a call task no worker holds is withdrawn; one a worker holds is
-            // in flight (PostgreSQL re-checks the lease of a row a claim just updated).
-            sqlx::query("DELETE FROM workflow_tasks WHERE instance_id = $1 AND kind = 'step' AND lease_until_ms < $2")
-                .bind(instance_id)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                > 0
-        } else {
-            false
+        let commit = Commit {
+            instance_id: instance_id.to_string(),
+            task: task.map(|(id, _)| id),
+            withdraw_waiting_calls,
+            apply: Box::new(apply),
         };
-        let Some(t) = apply(Stored { status: &status, run: &run, withdrew_call })? else {
-            tx.commit().await?;
-            return Ok(Committed::Done);
-        };
-        let now = now_ms();
-        sqlx::query("UPDATE workflow_instances SET status = $2, run = $3, updated_at_ms = $4 WHERE id = $1")
-            .bind(instance_id)
-            .bind(&t.status)
-            .bind(&t.run)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        append_history(&mut tx, instance_id, &t.history, now).await?;
-        if t.finished {
-            sqlx::query("DELETE FROM workflow_tasks WHERE instance_id = $1")
-                .bind(instance_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        insert_tasks(&mut tx, instance_id, &t.tasks).await?;
-        tx.commit().await?;
-        if !t.tasks.is_empty() {
-            self.tasks_ready.notify_one();
-        }
-        Ok(Committed::Done)
+        let owner = task.map_or("", |(_, owner)| owner);
+        let mut results = self.commit_batch(owner, vec![commit]).await?;
+        results.pop().unwrap_or(Ok(Committed::Done))
     }
 
-    /// Holds a claimed task until `until_ms` (a call longer than the claim's lease). False when the
-    /// task is no longer this owner's.
-    pub async fn extend_lease(&self, task_id: i64, owner: &str, until_ms: i64) -> Result<bool, StoreError> {
+    /// Commits many runs' transitions in one transaction, in order (two commits of one run apply
+    /// one after the other). Each gets its own result: a run that is gone or unreadable, or a task
+    /// whose lease `owner` lost, fails alone and writes nothing of its own; a database error fails
+    /// the whole batch (every task stays leased and is retried when its lease runs out).
+    ///
+    /// Runs are locked in id order and tasks only after their runs, so concurrent batches (this
+    /// replica's or another's) never deadlock.
+    pub async fn commit_batch(
+        &self,
+        owner: &str,
+        commits: Vec<Commit<'_>>,
+    ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
+        if commits.is_empty() {
+            return Ok(Vec::new());
+        }
         let (_gate, mut tx) = self.begin_workflow_write().await?;
-        let done = sqlx::query(
-            "UPDATE workflow_tasks SET lease_until_ms = $3 WHERE id = $1 AND lease_owner = $2 AND lease_until_ms < $3",
-        )
-        .bind(task_id)
-        .bind(owner)
-        .bind(until_ms)
-        .execute(&mut *tx)
-        .await?;
+        let pg = self.backend == Backend::Postgres;
+
+        let mut ids: Vec<&str> = commits.iter().map(|c| c.instance_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut live: HashMap<String, Live> = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT id, status, run, history_len FROM workflow_instances WHERE id IN ({}) ORDER BY id{}",
+                list(chunk.len(), 1),
+                if pg { " FOR UPDATE" } else { "" }
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                live.insert(
+                    row.try_get("id")?,
+                    Live {
+                        status: row.try_get("status")?,
+                        run: row.try_get("run")?,
+                        history_len: row.try_get("history_len")?,
+                        dirty: false,
+                        finished: false,
+                    },
+                );
+            }
+        }
+
+        let task_ids: Vec<i64> = commits.iter().filter_map(|c| c.task).collect();
+        let mut held: HashSet<i64> = HashSet::with_capacity(task_ids.len());
+        for chunk in task_ids.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT id FROM workflow_tasks WHERE lease_owner = $1 AND id IN ({}){}",
+                list(chunk.len(), 2),
+                if pg { " FOR UPDATE" } else { "" }
+            );
+            let mut query = sqlx::query_scalar::<_, i64>(&sql).bind(owner);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            held.extend(query.fetch_all(&mut *tx).await?);
+        }
+
+        let now = now_ms();
+        let mut results = Vec::with_capacity(commits.len());
+        let mut consumed: Vec<i64> = Vec::new();
+        let mut events: Vec<(String, i64, String)> = Vec::new();
+        let mut new_tasks: Vec<(String, NewTask)> = Vec::new();
+        for commit in commits {
+            if let Some(task) = commit.task {
+                if !held.remove(&task) {
+                    results.push(Ok(Committed::LeaseLost));
+                    continue;
+                }
+            }
+            let Some(state) = live.get_mut(&commit.instance_id) else {
+                results.push(Err(StoreError::NotFound { kind: "workflow instance", id: commit.instance_id }));
+                continue;
+            };
+            let withdrew_call = if commit.withdraw_waiting_calls && !state.finished {
+                // Under the run's lock: a call task no worker holds is withdrawn; one a worker holds
+                // is in flight (PostgreSQL re-checks the lease of a row a claim just updated).
+                let withdrawn = sqlx::query(
+                    "DELETE FROM workflow_tasks WHERE instance_id = $1 AND kind = 'step' AND lease_until_ms < $2",
+                )
+                .bind(&commit.instance_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let before = new_tasks.len();
+                new_tasks.retain(|(id, t)| id != &commit.instance_id || t.kind != TaskKind::Step);
+                withdrawn > 0 || new_tasks.len() < before
+            } else {
+                false
+            };
+            match (commit.apply)(Stored { status: &state.status, run: &state.run, withdrew_call }) {
+                Err(err) => {
+                    // The task stays (leased): it is retried when the lease runs out.
+                    results.push(Err(err));
+                    continue;
+                }
+                Ok(None) => {}
+                Ok(Some(t)) => {
+                    state.status = t.status;
+                    state.run = t.run;
+                    state.dirty = true;
+                    for body in t.history {
+                        state.history_len += 1;
+                        events.push((commit.instance_id.clone(), state.history_len, body));
+                    }
+                    if t.finished {
+                        state.finished = true;
+                        new_tasks.retain(|(id, _)| id != &commit.instance_id);
+                    }
+                    new_tasks.extend(t.tasks.into_iter().map(|task| (commit.instance_id.clone(), task)));
+                }
+            }
+            consumed.extend(commit.task);
+            results.push(Ok(Committed::Done));
+        }
+
+        let dirty: Vec<(&String, &Live)> = live.iter().filter(|(_, l)| l.dirty).collect();
+        for chunk in dirty.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "WITH v (id, status, run, history_len) AS (VALUES {}) \
+                 UPDATE workflow_instances SET status = v.status, run = v.run, history_len = v.history_len, updated_at_ms = ${} \
+                 FROM v WHERE workflow_instances.id = v.id",
+                values(chunk.len(), 4, 1),
+                chunk.len() * 4 + 1
+            );
+            let mut query = sqlx::query(&sql);
+            for (id, l) in chunk {
+                query = query.bind(id.as_str()).bind(l.status.as_str()).bind(l.run.as_str()).bind(l.history_len);
+            }
+            query.bind(now).execute(&mut *tx).await?;
+        }
+        let events: Vec<_> = events.iter().map(|(id, seq, body)| (id.as_str(), *seq, body.as_str())).collect();
+        insert_events(&mut tx, &events, now).await?;
+        let finished: Vec<&str> = live.iter().filter(|(_, l)| l.finished).map(|(id, _)| id.as_str()).collect();
+        if !consumed.is_empty() || !finished.is_empty() {
+            let sql = format!(
+                "DELETE FROM workflow_tasks WHERE id IN ({}) OR instance_id IN ({})",
+                if consumed.is_empty() { "NULL".to_string() } else { list(consumed.len(), 1) },
+                if finished.is_empty() { "NULL".to_string() } else { list(finished.len(), consumed.len() + 1) },
+            );
+            let mut query = sqlx::query(&sql);
+            for id in &consumed {
+                query = query.bind(*id);
+            }
+            for id in &finished {
+                query = query.bind(*id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        let due = new_tasks.iter().any(|(_, t)| t.run_at_ms <= now);
+        let tasks: Vec<_> = new_tasks.iter().map(|(id, t)| (id.as_str(), t)).collect();
+        insert_tasks(&mut tx, &tasks).await?;
+        if due {
+            self.announce_tasks(&mut tx).await?;
+        }
         tx.commit().await?;
-        Ok(done.rows_affected() > 0)
+        if due {
+            self.tasks_ready.notify_one();
+        }
+        Ok(results)
+    }
+
+    /// Tells other replicas (PostgreSQL) that tasks are due, when the transaction commits.
+    async fn announce_tasks(&self, tx: &mut Transaction<'static, Any>) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(super::notify::TASKS_CHANNEL)
+                .bind(&self.node_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Signalled when this process queued a task (workers also poll).

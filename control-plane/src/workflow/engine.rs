@@ -105,7 +105,13 @@ pub(super) struct Inner {
 }
 
 /// Turns the state machine's effects into what the store writes.
-pub(super) fn transition_of(run: &Run, effects: &[Effect], now_ms: i64) -> Result<Transition, WorkflowError> {
+pub(super) fn transition_of(
+    def: &Definition,
+    run: &Run,
+    effects: &[Effect],
+    now_ms: i64,
+) -> Result<Transition, WorkflowError> {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2);
     let mut t = Transition {
         status: status_name(run.status).to_string(),
         run: serde_json::to_string(run).map_err(|e| WorkflowError::Corrupt(e.to_string()))?,
@@ -120,13 +126,15 @@ pub(super) fn transition_of(run: &Run, effects: &[Effect], now_ms: i64) -> Resul
                 kind: TaskKind::Step,
                 step: *step,
                 attempt: *attempt,
-                run_at_ms: now_ms + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
+                run_at_ms: now_ms + ms(*delay),
+                hold_ms: def.steps.get(*step).map_or(0, |s| ms(s.timeout)),
             }),
             Effect::RunCompensation { step, attempt, delay } => t.tasks.push(NewTask {
                 kind: TaskKind::Compensate,
                 step: *step,
                 attempt: *attempt,
-                run_at_ms: now_ms + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
+                run_at_ms: now_ms + ms(*delay),
+                hold_ms: def.steps.get(*step).and_then(|s| s.compensate.as_ref()).map_or(0, |c| ms(c.timeout)),
             }),
             Effect::Finished(_) => t.finished = true,
         }
@@ -272,10 +280,10 @@ impl Engine {
         let now = crate::store::now_ms();
         let mut run = Run::new(input);
         let effects = run.on(&def, &id, Event::Start, &mut jitter);
-        let mut t = transition_of(&run, &effects, now)?;
+        let mut t = transition_of(&def, &run, &effects, now)?;
         let deadline_ms = def.spec.timeout.map_or(0, |d| now + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
         if deadline_ms > 0 && !t.finished {
-            t.tasks.push(NewTask { kind: TaskKind::Deadline, step: 0, attempt: 0, run_at_ms: deadline_ms });
+            t.tasks.push(NewTask { kind: TaskKind::Deadline, step: 0, attempt: 0, run_at_ms: deadline_ms, hold_ms: 0 });
         }
         let row = InstanceRow {
             id,
@@ -360,7 +368,7 @@ impl Engine {
                 }
                 let in_flight = run.current.is_some() && !stored.withdrew_call;
                 let effects = run.on(&def, instance_id, Event::Cancel { in_flight }, &mut jitter);
-                transition_of(&run, &effects, crate::store::now_ms())
+                transition_of(&def, &run, &effects, crate::store::now_ms())
                     .map(Some)
                     .map_err(|e| StoreError::Corrupt { what: format!("run {instance_id}"), why: e.to_string() })
             })

@@ -76,6 +76,10 @@ pub struct Run {
     pub compensation_attempt: u32,
     pub compensation_failures: u32,
     pub output: Option<serde_json::Value>,
+    /// How many times each step (by index) was entered; a step a workflow loops back to is called
+    /// again under a new idempotency key. Absent: once.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub visits: BTreeMap<usize, u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +170,27 @@ impl Run {
             compensation_attempt: 0,
             compensation_failures: 0,
             output: None,
+            visits: BTreeMap::new(),
+        }
+    }
+
+    /// The `Idempotency-Key` of the current visit of `step`: the same on every attempt and after any
+    /// restart, new on a later visit (`<run>:<step>`, then `<run>:<step>#2`, ...).
+    pub fn step_key(&self, instance_id: &str, def: &Definition, step: usize) -> String {
+        let id = def.steps.get(step).map_or("", |s| s.id.as_str());
+        match self.visits.get(&step).copied().unwrap_or(1) {
+            0 | 1 => format!("{instance_id}:{id}"),
+            visit => format!("{instance_id}:{id}#{visit}"),
+        }
+    }
+
+    /// The `Idempotency-Key` of the compensation of `step` that runs now: one per completed visit
+    /// (the latest visit is undone first), stable across restarts.
+    pub fn compensation_key(&self, instance_id: &str, def: &Definition, step: usize) -> String {
+        let id = def.steps.get(step).map_or("", |s| s.id.as_str());
+        match self.compensations.iter().filter(|&&s| s == step).count() {
+            0 | 1 => format!("{instance_id}:{id}:compensate"),
+            n => format!("{instance_id}:{id}:compensate#{n}"),
         }
     }
 
@@ -329,6 +354,7 @@ impl Run {
             };
             match run {
                 Ok(true) => {
+                    *self.visits.entry(step).or_insert(0) += 1;
                     self.current = Some((step, 1));
                     fx.push(Effect::Record(History::StepScheduled { step: spec.id.clone(), attempt: 1 }));
                     fx.push(Effect::RunStep { step, attempt: 1, delay: Duration::ZERO });

@@ -1,14 +1,17 @@
 //! Workers: claim due tasks from the store, run them, commit each outcome through the state
 //! machine. A step call discovers a healthy instance of the step's service and POSTs the rendered
 //! input to `/actions/{action}` with an `Idempotency-Key` that is the same on every retry and after
-//! any restart (`<instance>:<step>`), so a call repeated after a crash is recognisable. 2xx JSON is
+//! any restart (`<instance>:<step>`, and `#<n>` for the n-th visit of a step a workflow loops back
+//! to), so a call repeated after a crash is recognisable. Outcomes are committed in batches: every
+//! outcome that arrives while a batch is being written joins the next one. 2xx JSON is
 //! the output; 4xx a client error; 5xx, timeouts and connection failures are retryable by default.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use reskflow_proto::registry::DiscoverQuery;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -17,7 +20,7 @@ use super::definition::{Definition, RetryOn};
 use super::engine::{transition_of, Engine, WorkflowError};
 use super::state::{Event, Run, Status, StepError};
 use crate::registry::RegistryError;
-use crate::store::{now_ms, Backend, Committed, StoreError, Task, TaskKind};
+use crate::store::{now_ms, Backend, Commit, Committed, InstanceRow, StoreError, Stored, Task, TaskKind, Transition};
 
 /// Largest response body a step may return.
 const MAX_OUTPUT_BYTES: usize = 8 * 1024 * 1024;
@@ -95,23 +98,37 @@ impl Engine {
         Err(fail(kind, format!("{url}: {status}: {}", text())))
     }
 
-    async fn handle(self, task: Task) {
-        let result = match task.kind {
-            TaskKind::Step | TaskKind::Compensate => self.run_call(&task).await,
-            TaskKind::Deadline => self.run_deadline(&task).await,
-        };
+    /// Runs a claimed task (`row`: its run, as read after the claim) and commits the outcome.
+    async fn handle(self, task: Task, row: Option<InstanceRow>, commits: mpsc::Sender<Pending>) {
+        let id = task.instance_id.clone();
+        let task_id = task.id;
+        let result = async {
+            let Some(row) = row else {
+                return Ok(()); // the run is gone (its tasks went with it)
+            };
+            let def = self.compiled(&row.workflow_id, row.version).await?;
+            let outcome = match task.kind {
+                TaskKind::Step | TaskKind::Compensate => self.run_call(&task, &row, &def).await?,
+                TaskKind::Deadline => Outcome::Deadline,
+            };
+            let (reply, answer) = oneshot::channel();
+            commits
+                .send(Pending { task, def, outcome, reply })
+                .await
+                .map_err(|_| WorkflowError::Unavailable("the engine is stopping".into()))?;
+            answer.await.map_err(|_| WorkflowError::Unavailable("the engine is stopping".into()))??;
+            Ok::<(), WorkflowError>(())
+        }
+        .await;
         if let Err(err) = result {
             // The task stays leased and is retried once its lease runs out.
-            warn!(instance_id = %task.instance_id, task_id = task.id, error = %err, "task failed; will retry");
+            warn!(instance_id = %id, task_id, error = %err, "task failed; will retry");
         }
     }
 
-    async fn run_call(&self, task: &Task) -> Result<(), WorkflowError> {
+    /// Calls the step (or compensation) a task stands for; what happened, as an event to commit.
+    async fn run_call(&self, task: &Task, row: &InstanceRow, def: &Definition) -> Result<Outcome, WorkflowError> {
         let id = task.instance_id.as_str();
-        let Some(row) = self.inner.store.instance(id).await? else {
-            return Ok(());
-        };
-        let def = self.compiled(&row.workflow_id, row.version).await?;
         let run: Run = serde_json::from_str(&row.run).map_err(|e| WorkflowError::Corrupt(e.to_string()))?;
         let live = match task.kind {
             TaskKind::Step => run.status == Status::Running && run.current == Some((task.step, task.attempt)),
@@ -123,92 +140,131 @@ impl Engine {
         };
         let Some(step) = def.steps.get(task.step).filter(|_| live) else {
             // Stale (the run moved on, or was cancelled while this retry waited): drop it.
-            self.commit(task, &def, None).await?;
-            return Ok(());
+            return Ok(Outcome::Drop);
         };
         let vars = run.vars(id);
         let (service, action, template, timeout, key) = match (task.kind, &step.compensate) {
             (TaskKind::Compensate, Some(c)) => {
-                (&c.service, &c.action, &c.input, c.timeout, format!("{id}:{}:compensate", step.id))
+                (&c.service, &c.action, &c.input, c.timeout, run.compensation_key(id, def, task.step))
             }
-            _ => (&step.service, &step.action, &step.input, step.timeout, format!("{id}:{}", step.id)),
+            _ => (&step.service, &step.action, &step.input, step.timeout, run.step_key(id, def, task.step)),
         };
-        let lease_until =
-            now_ms() + i64::try_from((timeout + self.inner.options.lease).as_millis()).unwrap_or(i64::MAX / 2);
-        if !self.inner.store.extend_lease(task.id, &self.inner.options.node_id, lease_until).await?
-            && self.inner.options.lease < timeout
-        {
-            debug!(instance_id = %id, task_id = task.id, "task taken over before the call");
-            return Ok(());
-        }
         let outcome = match template.render(&vars) {
             Ok(input) => self.call(service, action, &input, &key, timeout, id).await,
             Err(e) => {
                 Err(StepError { kind: RetryOn::ClientError, message: format!("rendering the input failed: {e}") })
             }
         };
-        let event = match (task.kind, outcome) {
+        Ok(Outcome::Event(match (task.kind, outcome) {
             (TaskKind::Step, Ok(output)) => Event::StepSucceeded { step: task.step, output },
             (TaskKind::Step, Err(error)) => Event::StepFailed { step: task.step, attempt: task.attempt, error },
             (_, Ok(_)) => Event::CompensationSucceeded { step: task.step },
             (_, Err(error)) => Event::CompensationFailed { step: task.step, attempt: task.attempt, error },
-        };
-        self.commit(task, &def, Some(event)).await
+        }))
     }
 
-    async fn run_deadline(&self, task: &Task) -> Result<(), WorkflowError> {
-        let id = task.instance_id.clone();
-        let Some(row) = self.inner.store.instance(&id).await? else {
-            return Ok(());
-        };
-        let def = self.compiled(&row.workflow_id, row.version).await?;
-        let owner = self.inner.options.node_id.clone();
-        self.inner
-            .store
-            .transition(&id, Some((task.id, &owner)), true, |stored| {
-                let mut run: Run = serde_json::from_str(stored.run).map_err(|e| corrupt(&id, e))?;
-                let in_flight = run.current.is_some() && !stored.withdrew_call;
-                let effects = run.on(&def, &id, Event::Deadline { in_flight }, &mut || rand::random::<f64>());
-                if effects.is_empty() {
-                    return Ok(None);
-                }
-                transition_of(&run, &effects, now_ms()).map(Some).map_err(|e| corrupt(&id, e))
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// Commits `event` for `task` of a run of `def` (None: just drop the task).
-    async fn commit(&self, task: &Task, def: &Definition, event: Option<Event>) -> Result<(), WorkflowError> {
-        let id = task.instance_id.clone();
-        let owner = self.inner.options.node_id.clone();
-        let mut finished = None;
-        let committed = self
-            .inner
-            .store
-            .transition(&id, Some((task.id, &owner)), false, |stored| {
-                let Some(event) = event else {
-                    return Ok(None);
-                };
-                let mut run: Run = serde_json::from_str(stored.run).map_err(|e| corrupt(&id, e))?;
-                let effects = run.on(def, &id, event, &mut || rand::random::<f64>());
-                if effects.is_empty() {
-                    return Ok(None);
-                }
-                if run.status.is_final() {
-                    finished = Some(run.status);
-                }
-                transition_of(&run, &effects, now_ms()).map(Some).map_err(|e| corrupt(&id, e))
-            })
-            .await?;
-        match (committed, finished) {
-            (Committed::LeaseLost, _) => {
-                debug!(instance_id = %id, task_id = task.id, "lease lost; another worker owns the task")
-            }
-            (Committed::Done, Some(status)) => info!(instance_id = %id, status = ?status, "workflow finished"),
-            (Committed::Done, None) => {}
+    /// Commits a batch of outcomes in one transaction and answers each.
+    async fn commit_batch(&self, batch: Vec<Pending>) {
+        let mut finished: Vec<Option<Status>> = vec![None; batch.len()];
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut commits = Vec::with_capacity(batch.len());
+        for (pending, finished) in batch.into_iter().zip(finished.iter_mut()) {
+            let Pending { task, def, outcome, reply } = pending;
+            let instance_id = task.instance_id.clone();
+            replies.push((reply, task.instance_id, task.id));
+            let id = instance_id.clone();
+            commits.push(Commit {
+                instance_id,
+                task: Some(task.id),
+                withdraw_waiting_calls: matches!(outcome, Outcome::Deadline),
+                apply: Box::new(move |stored| apply(&def, &id, outcome, stored, finished)),
+            });
         }
-        Ok(())
+        let results = self.inner.store.commit_batch(&self.inner.options.node_id, commits).await;
+        match results {
+            Ok(results) => {
+                for (((reply, id, task_id), result), finished) in replies.into_iter().zip(results).zip(finished) {
+                    match (&result, finished) {
+                        (Ok(Committed::LeaseLost), _) => {
+                            debug!(instance_id = %id, task_id, "lease lost; another worker owns the task")
+                        }
+                        (Ok(Committed::Done), Some(status)) => {
+                            info!(instance_id = %id, status = ?status, "workflow finished")
+                        }
+                        _ => {}
+                    }
+                    let _ = reply.send(result.map_err(WorkflowError::from));
+                }
+            }
+            Err(err) => {
+                let message = err.to_string();
+                for (reply, _, _) in replies {
+                    let _ = reply.send(Err(WorkflowError::Unavailable(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// What a task's work came to.
+pub(super) enum Outcome {
+    /// Nothing to record (a stale task): just consume it.
+    Drop,
+    Event(Event),
+    /// The run's deadline passed.
+    Deadline,
+}
+
+/// An outcome waiting for a batch commit.
+pub(super) struct Pending {
+    task: Task,
+    def: Arc<Definition>,
+    outcome: Outcome,
+    reply: oneshot::Sender<Result<Committed, WorkflowError>>,
+}
+
+/// Applies an outcome to a run as stored; notes in `finished` when the run ends.
+fn apply(
+    def: &Definition,
+    id: &str,
+    outcome: Outcome,
+    stored: Stored<'_>,
+    finished: &mut Option<Status>,
+) -> Result<Option<Transition>, StoreError> {
+    if matches!(outcome, Outcome::Drop) {
+        return Ok(None);
+    }
+    let mut run: Run = serde_json::from_str(stored.run).map_err(|e| corrupt(id, e))?;
+    let event = match outcome {
+        Outcome::Drop => return Ok(None),
+        Outcome::Event(event) => event,
+        Outcome::Deadline => Event::Deadline { in_flight: run.current.is_some() && !stored.withdrew_call },
+    };
+    let effects = run.on(def, id, event, &mut || rand::random::<f64>());
+    if effects.is_empty() {
+        return Ok(None);
+    }
+    if run.status.is_final() {
+        *finished = Some(run.status);
+    }
+    transition_of(def, &run, &effects, now_ms()).map(Some).map_err(|e| corrupt(id, e))
+}
+
+/// Outcomes committed in one transaction at most.
+const MAX_BATCH: usize = 256;
+
+/// Commits outcomes as they come: whatever queued while the previous batch was being written goes
+/// into the next one, so batches grow with the load and a lone outcome is committed at once.
+async fn committer(engine: Engine, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut queue = queue.lock().await;
+            if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                return; // every sender is gone
+            }
+        }
+        engine.commit_batch(batch).await;
     }
 }
 
@@ -227,6 +283,18 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
         Ok(n) => info!(tasks = n, "took back tasks held before a restart"),
         Err(err) => warn!(error = %err, "cannot release old leases; they will run out"),
     }
+    let (commits, queue) = mpsc::channel::<Pending>(options.concurrency.max(1));
+    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+    // SQLite has one writer; on PostgreSQL a second committer gathers the next batch while the
+    // first waits for its flush.
+    let committers = match store.backend() {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 2,
+    };
+    let mut committing: JoinSet<()> = JoinSet::new();
+    for _ in 0..committers {
+        committing.spawn(committer(engine.clone(), queue.clone()).in_current_span());
+    }
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let ready = store.tasks_ready();
     let mut running: JoinSet<()> = JoinSet::new();
@@ -235,16 +303,16 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
         let free = permits.available_permits();
         let mut claimed = 0;
         if free > 0 {
-            match store.claim_tasks(&options.node_id, options.lease, u32::try_from(free).unwrap_or(u32::MAX)).await {
+            match claim(&engine, u32::try_from(free).unwrap_or(u32::MAX)).await {
                 Ok(tasks) => {
                     claimed = tasks.len();
                     if claimed > 0 {
                         debug!(count = claimed, "claimed workflow tasks");
                     }
-                    for task in tasks {
+                    for (task, row) in tasks {
                         let Ok(permit) = permits.clone().acquire_owned().await else { break };
                         let span = tracing::debug_span!("task", instance_id = %task.instance_id, kind = ?task.kind, step = task.step);
-                        running.spawn(run_task(engine.clone(), task, permit).instrument(span));
+                        running.spawn(run_task(engine.clone(), task, row, commits.clone(), permit).instrument(span));
                     }
                 }
                 Err(err) => warn!(error = %err, "cannot claim workflow tasks; will retry"),
@@ -264,10 +332,32 @@ pub async fn run(engine: Engine, shutdown: CancellationToken) {
     if drain.is_err() {
         running.abort_all();
     }
+    drop(commits);
+    while committing.join_next().await.is_some() {}
 }
 
-async fn run_task(engine: Engine, task: Task, _permit: OwnedSemaphorePermit) {
-    engine.handle(task).await;
+/// Claims up to `limit` due tasks and reads their runs.
+async fn claim(engine: &Engine, limit: u32) -> Result<Vec<(Task, Option<InstanceRow>)>, StoreError> {
+    let store = &engine.inner.store;
+    let tasks = store.claim_tasks(&engine.inner.options.node_id, engine.inner.options.lease, limit).await?;
+    if tasks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = tasks.iter().map(|t| t.instance_id.as_str()).collect();
+    let rows: HashMap<String, InstanceRow> =
+        store.instances(&ids).await?.into_iter().map(|row| (row.id.clone(), row)).collect();
+    // Two tasks of one run (a step and its deadline) both get the run as read.
+    Ok(tasks.into_iter().map(|task| (task.clone(), rows.get(&task.instance_id).cloned())).collect())
+}
+
+async fn run_task(
+    engine: Engine,
+    task: Task,
+    row: Option<InstanceRow>,
+    commits: mpsc::Sender<Pending>,
+    _permit: OwnedSemaphorePermit,
+) {
+    engine.handle(task, row, commits).await;
 }
 
 fn root_cause(err: &reqwest::Error) -> String {

@@ -181,3 +181,41 @@ fn final_states_and_stale_results_absorb_events() {
     assert!(h.ok(1, json!({})).is_empty());
     assert_eq!(h.run, before);
 }
+
+#[test]
+fn a_step_entered_again_by_a_loop_gets_a_new_idempotency_key_and_each_visit_its_own_undo() {
+    let def = Definition::parse(
+        &json!({
+            "id": "poll", "steps": [
+                {"id": "check", "service": "s", "action": "check",
+                 "next": [{"when": "!steps.check.output.done", "goto": "check"}],
+                 "compensate": {"service": "s", "action": "undo"}},
+                {"id": "fail", "service": "s", "action": "fail"}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut run = Run::new(json!({}));
+    let on = |run: &mut Run, event| run.on(&def, "wf", event, &mut || 0.5);
+    on(&mut run, Event::Start);
+    assert_eq!(run.step_key("wf", &def, 0), "wf:check", "the first visit keeps the plain key");
+    let fx = on(&mut run, Event::StepSucceeded { step: 0, output: json!({"done": false}) });
+    assert_eq!(runs(&fx), [(0, 1, 0)], "looped back");
+    assert_eq!(run.step_key("wf", &def, 0), "wf:check#2");
+    on(&mut run, Event::StepSucceeded { step: 0, output: json!({"done": true}) });
+    let fx = on(
+        &mut run,
+        Event::StepFailed {
+            step: 1,
+            attempt: 1,
+            error: StepError { kind: RetryOn::ClientError, message: "no".into() },
+        },
+    );
+    assert_eq!(compensations(&fx), [0]);
+    assert_eq!(run.compensation_key("wf", &def, 0), "wf:check:compensate#2", "the latest visit is undone first");
+    on(&mut run, Event::CompensationSucceeded { step: 0 });
+    assert_eq!(run.compensation_key("wf", &def, 0), "wf:check:compensate");
+    let fx = on(&mut run, Event::CompensationSucceeded { step: 0 });
+    assert_eq!(finished(&fx), Some(Status::Compensated));
+}
