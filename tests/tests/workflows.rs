@@ -304,3 +304,55 @@ async fn two_replicas_share_the_queue_and_one_takes_over_when_the_other_dies() {
         assert_eq!(completions, 3, "each step recorded once: {done}");
     }
 }
+
+#[tokio::test]
+async fn a_step_a_workflow_loops_back_to_is_called_again_under_a_new_idempotency_key() {
+    let (_cp, gw, service) = system(Backend::Sqlite).await;
+    let workflow = json!({
+        "id": "recheck",
+        "steps": [
+            {"id": "check", "service": "stock", "action": "check",
+             "next": [{"when": "!has(steps.again)", "goto": "again"}, {"goto": "$end"}]},
+            {"id": "again", "service": "stock", "action": "again", "next": [{"goto": "check"}]}
+        ]
+    });
+    let (status, body) = gw.post("/api/workflows", workflow).await;
+    assert_eq!(status, 201, "{body}");
+    let (_, started) = gw.post("/api/workflows/recheck/execute", json!({})).await;
+    let id = started["instanceId"].as_str().expect("instance id").to_string();
+    let ended = run_to_end(&gw, &id).await;
+    assert_eq!(ended["status"], "COMPLETED", "{ended}");
+    let keys: Vec<_> = service.calls().into_iter().map(|(action, key, _)| format!("{action} {key}")).collect();
+    assert_eq!(keys, [format!("check {id}:check"), format!("again {id}:again"), format!("check {id}:check#2")]);
+}
+
+#[tokio::test]
+async fn definitions_are_listed_a_page_at_a_time_with_their_latest_version() {
+    let (_cp, gw, _service) = system(Backend::Sqlite).await;
+    for id in ["alpha", "beta", "gamma", "beta"] {
+        let (status, body) = gw
+            .post("/api/workflows", json!({"id": id, "steps": [{"id": "s", "service": "stock", "action": "a"}]}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, first) = gw.get("/api/workflows?pageSize=2").await;
+    assert_eq!(status, 200, "{first}");
+    let ids = |page: &Value| -> Vec<(String, i64)> {
+        page["workflows"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .map(|w| (w["id"].as_str().unwrap_or("").to_string(), w["version"].as_i64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(ids(&first), [("alpha".to_string(), 1), ("beta".to_string(), 2)]);
+    let token = first["nextPageToken"].as_str().expect("a next page").to_string();
+    let (_, second) = gw.get(&format!("/api/workflows?pageSize=2&pageToken={token}")).await;
+    assert_eq!(ids(&second), [("gamma".to_string(), 1)]);
+    assert!(second.get("nextPageToken").is_none(), "{second}");
+    let (status, body) = gw.get("/api/workflows?pageSize=100000").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(fields(&body), ["pageSize"]);
+}

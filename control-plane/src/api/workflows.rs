@@ -83,10 +83,21 @@ impl workflows_server::Workflows for WorkflowsApi {
 
     async fn list_workflows(
         &self,
-        _req: Request<pb::ListWorkflowsRequest>,
+        req: Request<pb::ListWorkflowsRequest>,
     ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
-        let workflows = self.engine.list_definitions().await?.into_iter().map(definition).collect();
-        Ok(Response::new(pb::ListWorkflowsResponse { workflows }))
+        let r = req.into_inner();
+        let size = if r.page_size == 0 { DEFAULT_PAGE } else { r.page_size };
+        if size > MAX_PAGE {
+            return Err(Invalid::one("pageSize", format!("must be between 1 and {MAX_PAGE}")).into());
+        }
+        if r.page_token.len() > 256 {
+            return Err(Invalid::one("pageToken", "is not a token this API returned").into());
+        }
+        let (page, next_page_token) = self.engine.list_definitions(&r.page_token, size).await?;
+        Ok(Response::new(pb::ListWorkflowsResponse {
+            workflows: page.into_iter().map(definition).collect(),
+            next_page_token,
+        }))
     }
 
     async fn execute(&self, req: Request<pb::ExecuteRequest>) -> Result<Response<pb::ExecuteResponse>, Status> {

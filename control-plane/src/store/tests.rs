@@ -182,8 +182,13 @@ async fn definition_versions_count_up_per_id() {
         assert_eq!(store.definition("order", None).await.unwrap().unwrap().body, "{\"v\":2}");
         assert_eq!(store.definition("order", Some(1)).await.unwrap().unwrap().body, "{\"v\":1}");
         assert!(store.definition("order", Some(9)).await.unwrap().is_none());
-        let latest: Vec<_> = store.list_definitions().await.unwrap().into_iter().map(|d| (d.id, d.version)).collect();
+        let latest: Vec<_> =
+            store.list_definitions("", 10).await.unwrap().into_iter().map(|d| (d.id, d.version)).collect();
         assert_eq!(latest, [("mail".to_string(), 1), ("order".to_string(), 2)]);
+        let first: Vec<_> = store.list_definitions("", 1).await.unwrap().into_iter().map(|d| d.id).collect();
+        assert_eq!(first, ["mail"]);
+        let rest: Vec<_> = store.list_definitions("mail", 1).await.unwrap().into_iter().map(|d| d.id).collect();
+        assert_eq!(rest, ["order"]);
     }
 }
 

@@ -285,12 +285,15 @@ impl Store {
         row.as_ref().map(definition_from).transpose()
     }
 
-    /// The latest version of every definition, by id.
-    pub async fn list_definitions(&self) -> Result<Vec<StoredDefinition>, StoreError> {
+    /// The latest version of each definition whose id sorts after `after`, by id, at most `limit`.
+    pub async fn list_definitions(&self, after: &str, limit: u32) -> Result<Vec<StoredDefinition>, StoreError> {
         let rows = sqlx::query(
             "SELECT d.id, d.version, d.name, d.body, d.created_at_ms FROM workflow_definitions d \
-             WHERE d.version = (SELECT MAX(version) FROM workflow_definitions m WHERE m.id = d.id) ORDER BY d.id",
+             WHERE d.id > $1 AND d.version = (SELECT MAX(version) FROM workflow_definitions m WHERE m.id = d.id) \
+             ORDER BY d.id LIMIT $2",
         )
+        .bind(after)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(definition_from).collect()

@@ -227,8 +227,21 @@ impl Engine {
         DefinitionInfo::from_stored(stored)
     }
 
-    pub async fn list_definitions(&self) -> Result<Vec<DefinitionInfo>, WorkflowError> {
-        self.inner.store.list_definitions().await?.into_iter().map(DefinitionInfo::from_stored).collect()
+    /// One page of definitions (latest versions, by id) and the token of the next page (empty at
+    /// the end). The token is the last id of the page.
+    pub async fn list_definitions(
+        &self,
+        page_token: &str,
+        page_size: u32,
+    ) -> Result<(Vec<DefinitionInfo>, String), WorkflowError> {
+        let mut rows = self.inner.store.list_definitions(page_token, page_size + 1).await?;
+        let more = rows.len() > page_size as usize;
+        rows.truncate(page_size as usize);
+        let next = match (more, rows.last()) {
+            (true, Some(last)) => last.id.clone(),
+            _ => String::new(),
+        };
+        Ok((rows.into_iter().map(DefinitionInfo::from_stored).collect::<Result<_, _>>()?, next))
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), Arc<Definition>>> {

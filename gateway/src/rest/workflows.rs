@@ -62,10 +62,23 @@ async fn register(State(s): State<AppState>, JsonBody(definition): JsonBody<Valu
     Ok((StatusCode::CREATED, Json(definition_json(stored)?)))
 }
 
-async fn list(State(s): State<AppState>) -> ApiResult<Json<Value>> {
-    let all = s.client().workflows().list_workflows(pb::ListWorkflowsRequest {}).await?.into_inner();
-    let workflows = all.workflows.into_iter().map(definition_json).collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(json!({ "workflows": workflows })))
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PageParams {
+    page_size: Option<u32>,
+    #[serde(default)]
+    page_token: String,
+}
+
+async fn list(State(s): State<AppState>, QueryParams(p): QueryParams<PageParams>) -> ApiResult<Json<Value>> {
+    let req = pb::ListWorkflowsRequest { page_size: p.page_size.unwrap_or(0), page_token: p.page_token };
+    let page = s.client().workflows().list_workflows(req).await?.into_inner();
+    let workflows = page.workflows.into_iter().map(definition_json).collect::<ApiResult<Vec<_>>>()?;
+    let mut body = json!({ "workflows": workflows });
+    if !page.next_page_token.is_empty() {
+        body["nextPageToken"] = json!(page.next_page_token);
+    }
+    Ok(Json(body))
 }
 
 #[derive(Deserialize)]
