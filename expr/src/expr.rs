@@ -264,10 +264,19 @@ impl Expr {
     }
 }
 
+/// CEL's standard functions and macros, built once: building them is far dearer than most
+/// evaluations.
+static STDLIB: std::sync::LazyLock<Arc<cel::Env>> = std::sync::LazyLock::new(|| Arc::new(cel::Env::stdlib()));
+
 /// The variables an evaluation sees.
-#[derive(Default)]
 pub struct Vars {
     context: Context<'static, 'static>,
+}
+
+impl Default for Vars {
+    fn default() -> Self {
+        Vars { context: Context::with_env(STDLIB.clone()) }
+    }
 }
 
 impl Vars {

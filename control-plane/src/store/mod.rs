@@ -21,7 +21,9 @@ use sqlx::{AnyPool, Executor};
 use tokio::sync::Notify;
 
 pub use registry::{ChangeRecord, Mutation};
-pub use workflow::{Commit, Committed, InstanceRow, NewTask, Stored, StoredDefinition, Task, TaskKind, Transition};
+pub use workflow::{
+    Commit, Committed, InstanceRow, NewInstance, NewTask, Stored, StoredDefinition, Task, TaskKind, Transition,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -205,6 +205,14 @@ async fn the_same_idempotency_key_returns_the_same_run() {
         assert!(store.instance("r2").await.unwrap().is_none(), "nothing of the duplicate was written");
         let (_, created) = store.create_instance(&row("r3", None), &[], &[]).await.unwrap();
         assert!(created);
+
+        // In one batch: a new key used twice is one run; a known key answers the known run.
+        let new =
+            |id: &str, key: &str| NewInstance { row: row(id, Some(key)), history: vec!["{}".into()], tasks: vec![] };
+        let results = store.create_instances(&[new("r4", "k2"), new("r5", "k2"), new("r6", "k")]).await.unwrap();
+        let results: Vec<_> = results.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(results, [("r4".into(), true), ("r4".into(), false), ("r1".into(), false)], "{:?}", store.backend());
+        assert_eq!(store.history("r4").await.unwrap().len(), 1);
     }
 }
 

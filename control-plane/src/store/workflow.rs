@@ -88,6 +88,14 @@ pub struct InstanceRow {
     pub deadline_ms: i64,
 }
 
+/// A run to create, with its first history entries (JSON) and tasks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewInstance {
+    pub row: InstanceRow,
+    pub history: Vec<String>,
+    pub tasks: Vec<NewTask>,
+}
+
 /// What a transition writes.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Transition {
@@ -213,14 +221,14 @@ async fn insert_tasks(tx: &mut Transaction<'_, Any>, tasks: &[(&str, &NewTask)])
     Ok(())
 }
 
-/// Appends history entries given as (run, seq, body).
-async fn insert_events(tx: &mut Transaction<'_, Any>, events: &[(&str, i64, &str)], at: i64) -> Result<(), StoreError> {
+/// Appends history entries given as (run, seq, time, body).
+async fn insert_events(tx: &mut Transaction<'_, Any>, events: &[(&str, i64, i64, &str)]) -> Result<(), StoreError> {
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
         let sql =
             format!("INSERT INTO workflow_events (instance_id, seq, at_ms, body) VALUES {}", values(chunk.len(), 4, 1));
         let mut query = sqlx::query(&sql);
-        for (instance_id, seq, body) in chunk {
-            query = query.bind(*instance_id).bind(*seq).bind(at).bind(*body);
+        for (instance_id, seq, at, body) in chunk {
+            query = query.bind(*instance_id).bind(*seq).bind(*at).bind(*body);
         }
         query.execute(&mut **tx).await?;
     }
@@ -307,24 +315,59 @@ impl Store {
         history: &[String],
         tasks: &[NewTask],
     ) -> Result<(String, bool), StoreError> {
+        let new = NewInstance { row: row.clone(), history: history.to_vec(), tasks: tasks.to_vec() };
+        let mut results = self.create_instances(std::slice::from_ref(&new)).await?;
+        results.pop().unwrap_or_else(|| Err(StoreError::Conflict(format!("instance {} was not created", row.id))))
+    }
+
+    /// Creates many runs in one transaction (see [`Store::create_instance`]); each gets its own
+    /// result. Two runs of one batch with the same idempotency key are one run.
+    pub async fn create_instances(
+        &self,
+        runs: &[NewInstance],
+    ) -> Result<Vec<Result<(String, bool), StoreError>>, StoreError> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
         let (_gate, mut tx) = self.begin_workflow_write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO workflow_instances (id, workflow_id, version, status, run, idempotency_key, created_at_ms, updated_at_ms, deadline_ms, history_len) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
-        )
-        .bind(&row.id)
-        .bind(&row.workflow_id)
-        .bind(row.version)
-        .bind(&row.status)
-        .bind(&row.run)
-        .bind(&row.idempotency_key)
-        .bind(row.created_at_ms)
-        .bind(row.updated_at_ms)
-        .bind(row.deadline_ms)
-        .bind(i64::try_from(history.len()).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
+        let mut inserted: HashSet<String> = HashSet::with_capacity(runs.len());
+        for chunk in runs.chunks(ROWS_PER_STATEMENT / 2) {
+            let sql = format!(
+                "INSERT INTO workflow_instances (id, workflow_id, version, status, run, idempotency_key, created_at_ms, updated_at_ms, deadline_ms, history_len) \
+                 VALUES {} ON CONFLICT DO NOTHING RETURNING id",
+                values(chunk.len(), 10, 1)
+            );
+            let mut query = sqlx::query_scalar::<_, String>(&sql);
+            for new in chunk {
+                let row = &new.row;
+                query = query
+                    .bind(&row.id)
+                    .bind(&row.workflow_id)
+                    .bind(row.version)
+                    .bind(&row.status)
+                    .bind(&row.run)
+                    .bind(&row.idempotency_key)
+                    .bind(row.created_at_ms)
+                    .bind(row.updated_at_ms)
+                    .bind(row.deadline_ms)
+                    .bind(i64::try_from(new.history.len()).unwrap_or(i64::MAX));
+            }
+            inserted.extend(query.fetch_all(&mut *tx).await?);
+        }
+        let mut results = Vec::with_capacity(runs.len());
+        let mut events = Vec::new();
+        let mut tasks = Vec::new();
+        for new in runs {
+            let row = &new.row;
+            if inserted.contains(&row.id) {
+                events.extend(
+                    (1..).zip(&new.history).map(|(seq, body)| (row.id.as_str(), seq, row.created_at_ms, body.as_str())),
+                );
+                tasks.extend(new.tasks.iter().map(|t| (row.id.as_str(), t)));
+                results.push(Ok((row.id.clone(), true)));
+                continue;
+            }
+            // A conflict: the key was used already (or, in theory, the id).
             let existing: Option<String> = match &row.idempotency_key {
                 Some(key) => {
                     sqlx::query_scalar(
@@ -337,15 +380,14 @@ impl Store {
                 }
                 None => None,
             };
-            tx.commit().await?;
-            return existing
-                .map(|id| (id, false))
-                .ok_or_else(|| StoreError::Conflict(format!("instance {} already exists", row.id)));
+            results.push(
+                existing
+                    .map(|id| (id, false))
+                    .ok_or_else(|| StoreError::Conflict(format!("instance {} already exists", row.id))),
+            );
         }
-        let events: Vec<_> = (1..).zip(history).map(|(seq, body)| (row.id.as_str(), seq, body.as_str())).collect();
-        insert_events(&mut tx, &events, row.created_at_ms).await?;
-        let due = tasks.iter().any(|t| t.run_at_ms <= now_ms());
-        let tasks: Vec<_> = tasks.iter().map(|t| (row.id.as_str(), t)).collect();
+        insert_events(&mut tx, &events).await?;
+        let due = tasks.iter().any(|(_, t)| t.run_at_ms <= now_ms());
         insert_tasks(&mut tx, &tasks).await?;
         if due {
             self.announce_tasks(&mut tx).await?;
@@ -354,7 +396,7 @@ impl Store {
         if due {
             self.tasks_ready.notify_one();
         }
-        Ok((row.id.clone(), true))
+        Ok(results)
     }
 
     pub async fn instance(&self, id: &str) -> Result<Option<InstanceRow>, StoreError> {
@@ -629,8 +671,8 @@ impl Store {
             }
             query.bind(now).execute(&mut *tx).await?;
         }
-        let events: Vec<_> = events.iter().map(|(id, seq, body)| (id.as_str(), *seq, body.as_str())).collect();
-        insert_events(&mut tx, &events, now).await?;
+        let events: Vec<_> = events.iter().map(|(id, seq, body)| (id.as_str(), *seq, now, body.as_str())).collect();
+        insert_events(&mut tx, &events).await?;
         let finished: Vec<&str> = live.iter().filter(|(_, l)| l.finished).map(|(id, _)| id.as_str()).collect();
         if !consumed.is_empty() || !finished.is_empty() {
             let sql = format!(

@@ -13,7 +13,9 @@ use serde::Serialize;
 use super::definition::Definition;
 use super::state::{Effect, Event, History, Run, Status};
 use crate::registry::Registry;
-use crate::store::{Committed, InstanceRow, NewTask, Store, StoreError, StoredDefinition, TaskKind, Transition};
+use crate::store::{
+    Committed, InstanceRow, NewInstance, NewTask, Store, StoreError, StoredDefinition, TaskKind, Transition,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowError {
@@ -102,6 +104,42 @@ pub(super) struct Inner {
     pub http: reqwest::Client,
     /// Compiled definitions by (id, version); versions never change once stored.
     definitions: Mutex<HashMap<(String, i64), Arc<Definition>>>,
+    /// New runs waiting to be written (see [`creator`]).
+    creates: tokio::sync::mpsc::Sender<PendingCreate>,
+}
+
+type CreateResult = Result<(String, bool), WorkflowError>;
+
+struct PendingCreate {
+    run: NewInstance,
+    reply: tokio::sync::oneshot::Sender<CreateResult>,
+}
+
+/// Runs created at once, at most.
+const MAX_CREATE_BATCH: usize = 256;
+
+/// Writes new runs as they come: those that arrive while a batch is being written go into the next
+/// one, so concurrent `execute`s share a transaction and a lone one is written at once. Ends when
+/// the engine is dropped.
+async fn creator(store: Store, mut queue: tokio::sync::mpsc::Receiver<PendingCreate>) {
+    let mut batch = Vec::with_capacity(MAX_CREATE_BATCH);
+    while queue.recv_many(&mut batch, MAX_CREATE_BATCH).await > 0 {
+        let (runs, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|p| (p.run, p.reply)).unzip();
+        match store.create_instances(&runs).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result.map_err(WorkflowError::from));
+                }
+            }
+            Err(err) => {
+                // The whole transaction failed (nothing was written): the caller may try again.
+                let message = err.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(WorkflowError::Unavailable(message.clone())));
+                }
+            }
+        }
+    }
 }
 
 /// Turns the state machine's effects into what the store writes.
@@ -189,8 +227,10 @@ impl Engine {
             .pool_max_idle_per_host(options.concurrency)
             .build()
             .map_err(|e| WorkflowError::Unavailable(format!("cannot build the HTTP client: {e}")))?;
+        let (creates, queue) = tokio::sync::mpsc::channel(MAX_CREATE_BATCH * 4);
+        tokio::spawn(creator(store.clone(), queue));
         Ok(Engine {
-            inner: Arc::new(Inner { store, registry, options, http, definitions: Mutex::new(HashMap::new()) }),
+            inner: Arc::new(Inner { store, registry, options, http, definitions: Mutex::new(HashMap::new()), creates }),
         })
     }
 
@@ -309,7 +349,11 @@ impl Engine {
             updated_at_ms: now,
             deadline_ms,
         };
-        Ok(self.inner.store.create_instance(&row, &t.history, &t.tasks).await?)
+        let (reply, created) = tokio::sync::oneshot::channel();
+        let stopping = || WorkflowError::Unavailable("the engine is stopping".into());
+        let run = NewInstance { row, history: t.history, tasks: t.tasks };
+        self.inner.creates.send(PendingCreate { run, reply }).await.map_err(|_| stopping())?;
+        created.await.map_err(|_| stopping())?
     }
 
     /// Runs an ad-hoc saga; with `wait`, waits up to that long for it to end. Returns the run's id,
