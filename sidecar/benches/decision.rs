@@ -9,6 +9,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use reskflow_sidecar::balance::{Balancer, EndpointSpec, LbConfig, Locality, PickContext, Policy};
 use reskflow_sidecar::breaker::{Breaker, BreakerConfig, Outcome, WindowType};
+use reskflow_sidecar::clock;
 
 fn endpoints(n: usize) -> Vec<EndpointSpec> {
     (0..n)
@@ -30,18 +31,21 @@ fn balancer(policy: Policy, n: usize) -> Balancer {
 }
 
 fn bench(c: &mut Criterion) {
+    c.bench_function("clock: now_ms", |b| b.iter(|| black_box(clock::now_ms())));
     let breaker = Breaker::new(BreakerConfig::default());
-    c.bench_function("breaker: acquire + record (closed, count window)", |b| {
+    c.bench_function("breaker: acquire + record (closed, count window), one clock read", |b| {
         b.iter(|| {
-            let permit = breaker.try_acquire().expect("closed");
-            breaker.record(permit, Outcome::Success, Duration::from_millis(2));
+            let now = clock::now_ms();
+            let permit = breaker.try_acquire_at(now).expect("closed");
+            breaker.record_at(permit, Outcome::Success, Duration::from_millis(2), now);
         })
     });
     let timed = Breaker::new(BreakerConfig { sliding_window_type: WindowType::TimeBased, ..BreakerConfig::default() });
-    c.bench_function("breaker: acquire + record (closed, time window)", |b| {
+    c.bench_function("breaker: acquire + record (closed, time window), one clock read", |b| {
         b.iter(|| {
-            let permit = timed.try_acquire().expect("closed");
-            timed.record(permit, Outcome::Success, Duration::from_millis(2));
+            let now = clock::now_ms();
+            let permit = timed.try_acquire_at(now).expect("closed");
+            timed.record_at(permit, Outcome::Success, Duration::from_millis(2), now);
         })
     });
 
@@ -63,16 +67,26 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(ring.pick(PickContext { hash_key: Some(black_box(b"user-12345")), now_ms: 1 })))
     });
 
-    // The whole decision a proxy makes per request.
+    // The decision a proxy makes before sending a request: one clock read, the breaker, the pick.
     let lb = balancer(Policy::LeastRequest, 100);
-    c.bench_function("decision: breaker acquire + p2c pick + record, 100 endpoints", |b| {
+    c.bench_function("decision: clock + breaker acquire + p2c pick, 100 endpoints", |b| {
         b.iter(|| {
-            let permit = breaker.try_acquire().expect("closed");
-            let now = breaker.now_ms();
+            let now = clock::now_ms();
+            let permit = breaker.try_acquire_at(now).expect("closed");
+            let endpoint = lb.pick(PickContext { hash_key: None, now_ms: now }).expect("endpoint");
+            let _ = black_box((permit, endpoint));
+        })
+    });
+    // And the whole round: decision, then the outcome recorded in the endpoint and the breaker.
+    c.bench_function("decision + outcome: clock x2, breaker, p2c, ewma, record, 100 endpoints", |b| {
+        b.iter(|| {
+            let now = clock::now_ms();
+            let permit = breaker.try_acquire_at(now).expect("closed");
             let endpoint = lb.pick(PickContext { hash_key: None, now_ms: now }).expect("endpoint");
             endpoint.start();
-            endpoint.finish(Duration::from_millis(2), now);
-            breaker.record(permit, Outcome::Success, Duration::from_millis(2));
+            let end = clock::now_ms();
+            endpoint.finish(Duration::from_millis(2), end);
+            breaker.record_at(permit, Outcome::Success, Duration::from_millis(2), end);
         })
     });
 }

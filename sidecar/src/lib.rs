@@ -6,7 +6,9 @@
 //!   random, least request by P2C on peak-EWMA, ring hash, zone-aware preference).
 //! - `breaker`: lock-free circuit breakers with resilience4j's semantics.
 //! - `health::outlier`: passive outlier detection and ejection, as Envoy's.
+//! - `clock`: the cheap monotonic millisecond clock they share.
 
 pub mod balance;
 pub mod breaker;
+pub mod clock;
 pub mod health;

@@ -15,7 +15,7 @@
 //! breaker moved on meanwhile (a slow call admitted while CLOSED does not count against HALF_OPEN).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -173,7 +173,6 @@ pub struct Metrics {
 
 pub struct Breaker {
     config: BreakerConfig,
-    epoch: Instant,
     word: AtomicU64,
     probes: AtomicU64,
     window: Window,
@@ -197,7 +196,6 @@ impl Breaker {
         let start = Word { state: State::Closed, generation: 0, since_ms: 0 };
         Breaker {
             config,
-            epoch: Instant::now(),
             word: AtomicU64::new(start.pack()),
             probes: AtomicU64::new(0),
             window,
@@ -209,9 +207,9 @@ impl Breaker {
         &self.config
     }
 
-    /// Milliseconds on this breaker's clock.
+    /// Milliseconds on the data plane's clock ([`crate::clock`]).
     pub fn now_ms(&self) -> u64 {
-        ms(self.epoch.elapsed())
+        crate::clock::now_ms()
     }
 
     pub fn state(&self) -> State {
