@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod invalid;
+pub mod policy;
 pub mod registry;
 pub mod saga;
 

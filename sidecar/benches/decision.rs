@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use reskflow_sidecar::balance::{Balancer, EndpointSpec, LbConfig, Locality, PickContext, Policy};
+use reskflow_sidecar::balance::{Balancer, EndpointSpec, LbConfig, LbPolicy, Locality, PickContext};
 use reskflow_sidecar::breaker::{Breaker, BreakerConfig, Outcome, WindowType};
 use reskflow_sidecar::clock;
 
@@ -25,7 +25,7 @@ fn endpoints(n: usize) -> Vec<EndpointSpec> {
         .collect()
 }
 
-fn balancer(policy: Policy, n: usize) -> Balancer {
+fn balancer(policy: LbPolicy, n: usize) -> Balancer {
     let config = LbConfig { policy, hash_header: Some("x-user".into()), zone_aware: false };
     Balancer::new(config, &endpoints(n), &Locality::default(), None)
 }
@@ -50,10 +50,10 @@ fn bench(c: &mut Criterion) {
     });
 
     for (name, policy) in [
-        ("round robin", Policy::RoundRobin),
-        ("weighted", Policy::Weighted),
-        ("random", Policy::Random),
-        ("least request (p2c peak-ewma)", Policy::LeastRequest),
+        ("round robin", LbPolicy::RoundRobin),
+        ("weighted", LbPolicy::Weighted),
+        ("random", LbPolicy::Random),
+        ("least request (p2c peak-ewma)", LbPolicy::LeastRequest),
     ] {
         for n in [3, 1_000] {
             let lb = balancer(policy, n);
@@ -62,13 +62,13 @@ fn bench(c: &mut Criterion) {
             });
         }
     }
-    let ring = balancer(Policy::RingHash, 1_000);
+    let ring = balancer(LbPolicy::RingHash, 1_000);
     c.bench_function("pick: ring hash, 1000 endpoints", |b| {
         b.iter(|| black_box(ring.pick(PickContext { hash_key: Some(black_box(b"user-12345")), now_ms: 1 })))
     });
 
     // The decision a proxy makes before sending a request: one clock read, the breaker, the pick.
-    let lb = balancer(Policy::LeastRequest, 100);
+    let lb = balancer(LbPolicy::LeastRequest, 100);
     c.bench_function("decision: clock + breaker acquire + p2c pick, 100 endpoints", |b| {
         b.iter(|| {
             let now = clock::now_ms();

@@ -148,6 +148,7 @@ impl From<Service> for pb::Service {
             }),
             created_at_ms: to_ms(s.created_at),
             updated_at_ms: to_ms(s.updated_at),
+            traffic_policy_json: s.traffic_policy.and_then(|p| serde_json::to_string(&p).ok()).unwrap_or_default(),
         }
     }
 }
@@ -202,6 +203,14 @@ impl TryFrom<pb::Service> for Service {
                 location: c.location,
                 version: c.version,
             }),
+            traffic_policy: if s.traffic_policy_json.trim().is_empty() {
+                None
+            } else {
+                Some(Box::new(
+                    serde_json::from_str(&s.traffic_policy_json)
+                        .map_err(|e| Invalid::one("trafficPolicy", e.to_string()))?,
+                ))
+            },
             created_at: from_ms(s.created_at_ms),
             updated_at: from_ms(s.updated_at_ms),
         })

@@ -42,6 +42,9 @@ pub struct Service {
     pub health_check: Option<HealthCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_contract: Option<ApiContract>,
+    /// How data planes call this service; None: the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<Box<crate::policy::TrafficPolicy>>,
     #[serde(skip_deserializing, default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<DateTime<Utc>>,
     #[serde(skip_deserializing, default, skip_serializing_if = "Option::is_none")]
@@ -436,6 +439,8 @@ pub struct Heartbeat {
 }
 
 /// One change in the registry, as the watch stream delivers it.
+// Changes are short-lived and mostly services or instances: boxing would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     ServiceUpserted(Service),

@@ -120,6 +120,9 @@ impl Service {
         if let Some(check) = &mut self.health_check {
             check.normalize(&mut v);
         }
+        if let Some(policy) = &self.traffic_policy {
+            policy.check(&mut v, "trafficPolicy");
+        }
         if let Some(contract) = &self.api_contract {
             if contract.kind.trim().is_empty() {
                 v.add("apiContract.kind", "is required (e.g. openapi, grpc, asyncapi)");

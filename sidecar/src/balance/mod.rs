@@ -17,34 +17,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 pub use endpoint::{Endpoint, EndpointSpec};
+pub use reskflow_proto::policy::{LbConfig, LbPolicy};
 use ring_hash::Ring;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Policy {
-    #[default]
-    RoundRobin,
-    /// Smooth weighted round robin by instance weight.
-    Weighted,
-    Random,
-    /// Power of two choices on peak-EWMA latency times requests in flight (linkerd2-proxy).
-    LeastRequest,
-    /// Consistent hashing on a request header (`hashHeader`); random without the header.
-    RingHash,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-pub struct LbConfig {
-    pub policy: Policy,
-    /// The header whose value is hashed (RING_HASH).
-    pub hash_header: Option<String>,
-    /// Prefer endpoints in this node's region and zone.
-    pub zone_aware: bool,
-}
 
 /// Where this data plane runs (for zone awareness).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,7 +68,7 @@ impl Balancer {
             })
             .collect();
         let subset = |members: Vec<u32>| {
-            let schedule = if config.policy == Policy::Weighted {
+            let schedule = if config.policy == LbPolicy::Weighted {
                 weighted::schedule(&members.iter().map(|&i| endpoints[i as usize].spec.weight).collect::<Vec<_>>())
             } else {
                 Vec::new()
@@ -113,7 +88,7 @@ impl Balancer {
         } else {
             Subset::default()
         };
-        let ring = (config.policy == Policy::RingHash).then(|| Ring::new(&endpoints));
+        let ring = (config.policy == LbPolicy::RingHash).then(|| Ring::new(&endpoints));
         Balancer { config, endpoints, all, local, ring, next: AtomicUsize::new(0) }
     }
 
@@ -149,16 +124,16 @@ impl Balancer {
         };
         let n = members.len();
         match self.config.policy {
-            Policy::LeastRequest => p2c::pick(&self.endpoints, members, now_ms),
-            Policy::Weighted => {
+            LbPolicy::LeastRequest => p2c::pick(&self.endpoints, members, now_ms),
+            LbPolicy::Weighted => {
                 let schedule = &subset.schedule;
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 (0..schedule.len())
                     .find_map(|k| available(members[schedule[(start + k) % schedule.len()] as usize]))
                     .or_else(|| first_available(members, 0, &available))
             }
-            Policy::RoundRobin => first_available(members, self.next.fetch_add(1, Ordering::Relaxed) % n, &available),
-            Policy::Random | Policy::RingHash => first_available(members, fastrand::usize(..n), &available),
+            LbPolicy::RoundRobin => first_available(members, self.next.fetch_add(1, Ordering::Relaxed) % n, &available),
+            LbPolicy::Random | LbPolicy::RingHash => first_available(members, fastrand::usize(..n), &available),
         }
     }
 

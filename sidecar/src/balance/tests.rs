@@ -20,7 +20,7 @@ fn three() -> Vec<EndpointSpec> {
     vec![spec("a", 1, "z1"), spec("b", 1, "z2"), spec("c", 1, "z2")]
 }
 
-fn lb(policy: Policy, specs: &[EndpointSpec]) -> Balancer {
+fn lb(policy: LbPolicy, specs: &[EndpointSpec]) -> Balancer {
     Balancer::new(LbConfig { policy, ..LbConfig::default() }, specs, &Locality::default(), None)
 }
 
@@ -39,7 +39,7 @@ fn eject(e: &Endpoint, until_ms: u64) {
 
 #[test]
 fn round_robin_takes_turns_and_skips_ejected_endpoints() {
-    let b = lb(Policy::RoundRobin, &three());
+    let b = lb(LbPolicy::RoundRobin, &three());
     let order: Vec<_> = (0..6).map(|_| b.pick(PickContext::default()).expect("one").spec.id.clone()).collect();
     assert_eq!(order, ["a", "b", "c", "a", "b", "c"]);
     eject(&b.endpoints()[1], 1_000);
@@ -50,20 +50,20 @@ fn round_robin_takes_turns_and_skips_ejected_endpoints() {
 
 #[test]
 fn weighted_follows_the_weights() {
-    let b = lb(Policy::Weighted, &[spec("a", 3, ""), spec("b", 1, "")]);
+    let b = lb(LbPolicy::Weighted, &[spec("a", 3, ""), spec("b", 1, "")]);
     let counts = picks(&b, 400, PickContext::default());
     assert_eq!((counts["a"], counts["b"]), (300, 100));
 }
 
 #[test]
 fn random_reaches_every_endpoint() {
-    let counts = picks(&lb(Policy::Random, &three()), 3_000, PickContext::default());
+    let counts = picks(&lb(LbPolicy::Random, &three()), 3_000, PickContext::default());
     assert!(counts.values().all(|&n| n > 700), "{counts:?}");
 }
 
 #[test]
 fn least_request_prefers_the_fast_and_idle_endpoint() {
-    let b = lb(Policy::LeastRequest, &three());
+    let b = lb(LbPolicy::LeastRequest, &three());
     let [a, slow, busy] = [&b.endpoints()[0], &b.endpoints()[1], &b.endpoints()[2]];
     a.start();
     a.finish(Duration::from_millis(1), 1);
@@ -93,7 +93,7 @@ fn peak_ewma_takes_slow_answers_at_once_and_forgets_them_slowly() {
 
 #[test]
 fn ring_hash_sends_a_key_to_one_endpoint_and_moves_few_keys_when_one_goes() {
-    let cfg = LbConfig { policy: Policy::RingHash, hash_header: Some("x-user".into()), zone_aware: false };
+    let cfg = LbConfig { policy: LbPolicy::RingHash, hash_header: Some("x-user".into()), zone_aware: false };
     let before = Balancer::new(cfg.clone(), &three(), &Locality::default(), None);
     let key = |i: usize| format!("user-{i}");
     let owner = |b: &Balancer, i: usize| {
@@ -133,7 +133,7 @@ fn zone_aware_prefers_the_local_zone_while_it_has_an_endpoint() {
 
 #[test]
 fn a_new_config_keeps_the_stats_of_known_endpoints() {
-    let before = lb(Policy::RoundRobin, &three());
+    let before = lb(LbPolicy::RoundRobin, &three());
     before.endpoints()[0].start();
     let after = Balancer::new(LbConfig::default(), &three()[..1], &Locality::default(), Some(&before));
     assert_eq!(after.endpoints()[0].in_flight(), 1);
@@ -144,6 +144,6 @@ fn a_new_config_keeps_the_stats_of_known_endpoints() {
 
 #[test]
 fn no_endpoint_means_no_pick() {
-    assert!(lb(Policy::LeastRequest, &[]).pick(PickContext::default()).is_none());
-    assert!(lb(Policy::RingHash, &[]).pick(PickContext { hash_key: Some(b"k"), now_ms: 0 }).is_none());
+    assert!(lb(LbPolicy::LeastRequest, &[]).pick(PickContext::default()).is_none());
+    assert!(lb(LbPolicy::RingHash, &[]).pick(PickContext { hash_key: Some(b"k"), now_ms: 0 }).is_none());
 }

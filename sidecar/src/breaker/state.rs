@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::config::{BreakerConfig, FailureKind};
 use super::window::{rate, Snapshot, Window};
+use reskflow_proto::policy::{BreakerConfig, FailureKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

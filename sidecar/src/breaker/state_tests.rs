@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::breaker::config::{BreakerConfig, FailureKind, WindowType};
+use crate::breaker::{BreakerConfig, FailureKind, WindowType};
 
 const FAST: Duration = Duration::from_millis(5);
 const FAIL: Outcome = Outcome::Failure(FailureKind::ServerError);

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use super::config::{BreakerConfig, WindowType};
+use reskflow_proto::policy::{BreakerConfig, WindowType};
 
 /// Totals over the window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -8,37 +8,14 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+pub use reskflow_proto::policy::OutlierConfig;
 
 use crate::balance::{Balancer, Endpoint};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-pub struct OutlierConfig {
-    pub enabled: bool,
-    /// 0 turns this detector off.
-    pub consecutive_5xx: u32,
-    /// 0 turns this detector off.
-    pub consecutive_gateway_failure: u32,
-    #[serde(with = "humantime_serde")]
-    pub base_ejection_time: Duration,
-    #[serde(with = "humantime_serde")]
-    pub max_ejection_time: Duration,
-    pub max_ejection_percent: u32,
-}
-
-impl Default for OutlierConfig {
-    /// Envoy's defaults.
-    fn default() -> Self {
-        OutlierConfig {
-            enabled: true,
-            consecutive_5xx: 5,
-            consecutive_gateway_failure: 5,
-            base_ejection_time: Duration::from_secs(30),
-            max_ejection_time: Duration::from_secs(300),
-            max_ejection_percent: 10,
-        }
-    }
+/// Outlier detection for one upstream service.
+#[derive(Debug, Clone, Default)]
+pub struct OutlierDetector {
+    pub config: OutlierConfig,
 }
 
 /// How a request to an endpoint ended, as outlier detection sees it.
@@ -52,21 +29,15 @@ pub enum Answer {
     NoAnswer,
 }
 
-impl OutlierConfig {
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
-        if self.max_ejection_percent > 100 {
-            out.push(("maxEjectionPercent", "must be at most 100".to_string()));
-        }
-        if self.enabled && self.base_ejection_time.is_zero() {
-            out.push(("baseEjectionTime", "must be positive".to_string()));
-        }
-        out
+impl OutlierDetector {
+    pub fn new(config: OutlierConfig) -> Self {
+        OutlierDetector { config }
     }
 
     /// Counts `answer` against `endpoint` of `balancer`; true when this ejected the endpoint.
     pub fn observe(&self, balancer: &Balancer, endpoint: &Endpoint, answer: Answer, now_ms: u64) -> bool {
-        if !self.enabled {
+        let config = &self.config;
+        if !config.enabled {
             return false;
         }
         let o = &endpoint.outlier;
@@ -91,14 +62,14 @@ impl OutlierConfig {
             o.consecutive_gateway.store(0, Ordering::Relaxed);
             0
         };
-        let tripped = (self.consecutive_5xx > 0 && fives >= self.consecutive_5xx)
-            || (self.consecutive_gateway_failure > 0 && gateways >= self.consecutive_gateway_failure);
+        let tripped = (config.consecutive_5xx > 0 && fives >= config.consecutive_5xx)
+            || (config.consecutive_gateway_failure > 0 && gateways >= config.consecutive_gateway_failure);
         if !tripped || endpoint.ejected(now_ms) {
             return false;
         }
         let total = balancer.endpoints().len();
         let ejected = total - balancer.available(now_ms);
-        let limit = (total * self.max_ejection_percent as usize / 100).max(1);
+        let limit = (total * config.max_ejection_percent as usize / 100).max(1);
         if ejected >= limit {
             return false;
         }
@@ -106,7 +77,8 @@ impl OutlierConfig {
         o.consecutive_gateway.store(0, Ordering::Relaxed);
         let times = o.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4);
-        let duration = (ms(self.base_ejection_time).saturating_mul(u64::from(times))).min(ms(self.max_ejection_time));
+        let duration =
+            (ms(config.base_ejection_time).saturating_mul(u64::from(times))).min(ms(config.max_ejection_time));
         o.ejected_until_ms.store(now_ms + duration, Ordering::Relaxed);
         tracing::info!(endpoint = %endpoint.spec.id, ms = duration, times, "endpoint ejected");
         true
@@ -136,7 +108,7 @@ mod tests {
     #[test]
     fn consecutive_server_errors_eject_for_a_growing_time() {
         let b = balancer(3);
-        let cfg = OutlierConfig { max_ejection_percent: 50, ..OutlierConfig::default() };
+        let cfg = OutlierDetector::new(OutlierConfig { max_ejection_percent: 50, ..OutlierConfig::default() });
         let e = b.endpoints()[0].clone();
         for _ in 0..4 {
             assert!(!cfg.observe(&b, &e, Answer::Status(500), 0));
@@ -158,7 +130,7 @@ mod tests {
     #[test]
     fn a_good_answer_resets_the_count() {
         let b = balancer(3);
-        let cfg = OutlierConfig::default();
+        let cfg = OutlierDetector::default();
         let e = b.endpoints()[1].clone();
         for _ in 0..4 {
             cfg.observe(&b, &e, Answer::Status(503), 0);
@@ -172,7 +144,7 @@ mod tests {
     #[test]
     fn no_more_than_the_max_percent_is_ejected_but_always_one() {
         let b = balancer(3);
-        let cfg = OutlierConfig { consecutive_5xx: 1, ..OutlierConfig::default() };
+        let cfg = OutlierDetector::new(OutlierConfig { consecutive_5xx: 1, ..OutlierConfig::default() });
         let ejected: Vec<bool> = b.endpoints().iter().map(|e| cfg.observe(&b, e, Answer::Status(500), 0)).collect();
         assert_eq!(ejected, [true, false, false], "10% of 3 rounds down to 0, but one is allowed");
     }
