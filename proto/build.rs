@@ -1,6 +1,7 @@
 //! Compiles the .proto files with protox (a protobuf compiler in Rust), so no system `protoc` is needed.
 
-const PROTOS: &[&str] = &["reskflow/registry/v1/registry.proto", "reskflow/workflow/v1/workflow.proto"];
+const PROTOS: &[&str] =
+    &["reskflow/registry/v1/registry.proto", "reskflow/workflow/v1/workflow.proto", "reskflow/config/v1/config.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(PROTOS, ["proto"])?;

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod config;
+pub mod config_push;
 pub mod registry;
 pub mod store;
 pub mod workflow;
@@ -60,7 +61,7 @@ pub async fn run(
         store.clone(),
         registry.clone(),
         EngineOptions {
-            node_id,
+            node_id: node_id.clone(),
             concurrency: config.workflow_concurrency,
             lease: config.workflow_lease,
             ..EngineOptions::default()
@@ -77,8 +78,9 @@ pub async fn run(
     let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
-        .add_service(api::registry::RegistryApi::new(registry).into_server())
+        .add_service(api::registry::RegistryApi::new(registry.clone()).into_server())
         .add_service(api::workflows::WorkflowsApi::new(engine).into_server())
+        .add_service(api::config::ConfigApi::new(registry.clone(), node_id.clone()).into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
 
@@ -100,6 +102,11 @@ async fn compact_log(store: Store, keep: u64, stop: CancellationToken) {
             Ok(0) => {}
             Ok(n) => info!(removed = n, "registry change log compacted"),
             Err(err) => warn!(error = %err, "cannot compact the registry change log"),
+        }
+        // Rows of data planes whose replica died without removing them.
+        let hour_ago = chrono::Utc::now().timestamp_millis() - 3_600_000;
+        if let Err(err) = store.forget_clients(hour_ago).await {
+            warn!(error = %err, "cannot forget old data-plane clients");
         }
     }
 }

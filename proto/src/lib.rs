@@ -8,6 +8,7 @@
 //! - [`saga`]: an in-process saga runner (forward and compensate closures).
 
 pub mod client;
+pub mod dataplane;
 pub mod invalid;
 pub mod policy;
 pub mod registry;
@@ -25,6 +26,12 @@ pub mod pb {
         pub mod v1 {
             #![allow(clippy::all)]
             tonic::include_proto!("reskflow.workflow.v1");
+        }
+    }
+    pub mod config {
+        pub mod v1 {
+            #![allow(clippy::all)]
+            tonic::include_proto!("reskflow.config.v1");
         }
     }
 }

@@ -34,6 +34,7 @@ fn describe(event: &WatchEvent) -> String {
         Event::ServiceDeleted(id) => format!("service- {id}"),
         Event::InstanceUpserted(i) => format!("instance+ {}", i.id),
         Event::InstanceDeleted(i) => format!("instance- {}", i.id),
+        Event::BreakerReset(id) => format!("reset {id}"),
     }
 }
 

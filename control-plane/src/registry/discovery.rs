@@ -153,7 +153,7 @@ mod tests {
             i.status = *status;
             map.insert(id.to_string(), Arc::new(i));
         }
-        ServiceEntry { service: Arc::new(service), instances: map, cursor: AtomicUsize::new(0) }
+        ServiceEntry { service: Arc::new(service), instances: map, cursor: AtomicUsize::new(0), breaker_reset: 0 }
     }
 
     fn query(strategy: Strategy) -> DiscoverQuery {

@@ -119,6 +119,18 @@ impl Registry {
         *self.inner.version.borrow()
     }
 
+    /// Follows the version this replica has applied (it changes after each applied change).
+    pub fn versions(&self) -> watch::Receiver<u64> {
+        self.inner.version.subscribe()
+    }
+
+    /// Resets the circuit breakers of calls to `service_id` on every data plane: the reset is a
+    /// change in the log, so every replica streams it to its clients. Returns its version.
+    pub async fn reset_breaker(&self, service_id: &str) -> Result<u64, RegistryError> {
+        let records = self.commit(Mutation::ResetBreaker(service_id.to_string())).await?;
+        Ok(records.last().map_or(0, |r| r.seq))
+    }
+
     /// Subscribes to changes, then returns the state the subscription starts after.
     pub fn subscribe(&self) -> (broadcast::Receiver<Feed>, Vec<Service>, Vec<Instance>, u64) {
         let rx = self.inner.feed.subscribe();

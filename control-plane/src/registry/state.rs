@@ -18,11 +18,19 @@ pub struct ServiceEntry {
     pub instances: BTreeMap<String, Arc<Instance>>,
     /// Round-robin position; atomic so discovery can advance it under the read lock.
     pub cursor: AtomicUsize,
+    /// The version of the last breaker reset for calls to this service (0: none since this replica
+    /// started; a reset is a command for the data planes connected now, not a lasting state).
+    pub breaker_reset: u64,
 }
 
 impl ServiceEntry {
     fn new(service: Service) -> Self {
-        ServiceEntry { service: Arc::new(service), instances: BTreeMap::new(), cursor: AtomicUsize::new(0) }
+        ServiceEntry {
+            service: Arc::new(service),
+            instances: BTreeMap::new(),
+            cursor: AtomicUsize::new(0),
+            breaker_reset: 0,
+        }
     }
 
     pub fn health(&self) -> HealthSummary {
@@ -85,6 +93,11 @@ impl RegistryState {
                     if let Some(entry) = self.services.get_mut(&owner) {
                         entry.instances.remove(&instance.id);
                     }
+                }
+            }
+            Change::BreakerReset(id) => {
+                if let Some(entry) = self.services.get_mut(id) {
+                    entry.breaker_reset = record.seq;
                 }
             }
         }

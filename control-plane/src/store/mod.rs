@@ -7,7 +7,9 @@
 //! - `lease`: leader leases (one replica runs the health checks).
 //! - `notify`: wakes every replica's change reader when a change commits (LISTEN/NOTIFY on PostgreSQL).
 //! - `workflow`: workflow definitions, runs, history and the task queue with leases.
+//! - `clients`: data planes connected over the config stream, their versions and breaker reports.
 
+mod clients;
 mod lease;
 mod notify;
 mod registry;
@@ -20,6 +22,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 use tokio::sync::Notify;
 
+pub use clients::{ClientRow, ClientUpdate};
 pub use registry::{ChangeRecord, Mutation};
 pub use workflow::{
     Commit, Committed, InstanceRow, NewInstance, NewTask, Stored, StoredDefinition, Task, TaskKind, Transition,

@@ -27,6 +27,8 @@ pub enum Mutation {
     /// Replaces an instance's document (health changes, metadata updates).
     UpdateInstance(Instance),
     DeleteInstance(String),
+    /// Resets the circuit breakers of calls to a service (only the change log records it).
+    ResetBreaker(String),
 }
 
 /// A committed change and the registry version it produced.
@@ -72,6 +74,7 @@ fn decode_change(row: &AnyRow) -> Result<ChangeRecord, StoreError> {
         "service_deleted" => Change::ServiceDeleted(entity_id),
         "instance_upserted" => Change::InstanceUpserted(decode_instance(&what, body()?)?),
         "instance_deleted" => Change::InstanceDeleted(decode_instance(&what, body()?)?),
+        "breaker_reset" => Change::BreakerReset(entity_id),
         other => return Err(StoreError::Corrupt { what, why: format!("unknown kind {other}") }),
     };
     Ok(ChangeRecord { seq: seq_of(seq), change })
@@ -83,6 +86,7 @@ async fn append_change(tx: &mut Transaction<'_, Any>, change: &Change, now: i64)
         Change::ServiceDeleted(id) => ("service_deleted", id.as_str(), None),
         Change::InstanceUpserted(i) => ("instance_upserted", i.id.as_str(), Some(encode_instance(i))),
         Change::InstanceDeleted(i) => ("instance_deleted", i.id.as_str(), Some(encode_instance(i))),
+        Change::BreakerReset(id) => ("breaker_reset", id.as_str(), None),
     };
     let seq: i64 = sqlx::query_scalar(
         "INSERT INTO registry_changes (kind, entity_id, body, created_at_ms) VALUES ($1, $2, $3, $4) RETURNING seq",
@@ -315,6 +319,12 @@ async fn write_rows(tx: &mut Transaction<'_, Any>, mutation: Mutation, now: i64)
                 .await?;
             let body = body.ok_or_else(|| StoreError::NotFound { kind: "instance", id: id.clone() })?;
             Ok(vec![Change::InstanceDeleted(decode_instance(&format!("instance {id}"), &body)?)])
+        }
+        Mutation::ResetBreaker(id) => {
+            if stored_service(tx, &id).await?.is_none() {
+                return Err(StoreError::NotFound { kind: "service", id });
+            }
+            Ok(vec![Change::BreakerReset(id)])
         }
     }
 }

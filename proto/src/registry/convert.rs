@@ -531,6 +531,7 @@ impl From<Change> for pb::watch_event::Event {
             Change::ServiceDeleted(id) => Event::ServiceDeleted(id),
             Change::InstanceUpserted(i) => Event::InstanceUpserted(i.into()),
             Change::InstanceDeleted(i) => Event::InstanceDeleted(i.into()),
+            Change::BreakerReset(id) => Event::BreakerReset(id),
         }
     }
 }

@@ -447,6 +447,8 @@ pub enum Change {
     ServiceDeleted(String),
     InstanceUpserted(Instance),
     InstanceDeleted(Instance),
+    /// An operator reset the circuit breakers of calls to this service, everywhere.
+    BreakerReset(String),
 }
 
 impl Change {
@@ -454,7 +456,7 @@ impl Change {
     pub fn service_id(&self) -> &str {
         match self {
             Change::ServiceUpserted(s) => &s.id,
-            Change::ServiceDeleted(id) => id,
+            Change::ServiceDeleted(id) | Change::BreakerReset(id) => id,
             Change::InstanceUpserted(i) | Change::InstanceDeleted(i) => &i.service_id,
         }
     }

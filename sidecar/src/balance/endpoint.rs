@@ -7,33 +7,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-/// An endpoint as the config stream describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EndpointSpec {
-    /// The registry's instance id.
-    pub id: String,
-    pub address: String,
-    pub port: u16,
-    #[serde(default = "http")]
-    pub scheme: String,
-    #[serde(default = "one")]
-    pub weight: u32,
-    #[serde(default)]
-    pub region: String,
-    #[serde(default)]
-    pub zone: String,
-}
-
-fn http() -> String {
-    "http".into()
-}
-
-fn one() -> u32 {
-    1
-}
+pub use reskflow_proto::dataplane::EndpointSpec;
 
 /// Latency assumed for an endpoint that has not answered yet (linkerd's default RTT).
 const DEFAULT_RTT_NS: f64 = 30_000_000.0;

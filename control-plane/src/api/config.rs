@@ -1,0 +1,230 @@
+//! `reskflow.config.v1.Config`: the stream that keeps data planes configured. Per client, a task
+//! reads its hello, sends its config at once and again whenever the registry moves and the config
+//! differs, and records its ACKs, NACKs and breaker reports in the store (so any replica can list
+//! every client). A client that goes quiet is not dropped here: HTTP/2 keepalives end dead streams.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use reskflow_proto::pb::config::v1 as pb;
+use reskflow_proto::pb::config::v1::config_server;
+use reskflow_proto::registry::is_valid_id;
+use reskflow_proto::Invalid;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn, Instrument};
+
+use super::status::check_id;
+use crate::config_push::{self, Wanted};
+use crate::registry::Registry;
+use crate::store::{now_ms, ClientRow, ClientUpdate};
+
+/// How long a new stream may take to say hello.
+const HELLO_WITHIN: Duration = Duration::from_secs(10);
+/// A client is listed while it was heard from this recently (clients report every few seconds).
+const SEEN_WITHIN: Duration = Duration::from_secs(30);
+/// Services one client may ask for.
+const MAX_WANTED: usize = 10_000;
+
+#[derive(Clone)]
+pub struct ConfigApi {
+    registry: Registry,
+    /// This replica's node id (who holds a client's stream).
+    node_id: String,
+}
+
+impl ConfigApi {
+    pub fn new(registry: Registry, node_id: String) -> Self {
+        ConfigApi { registry, node_id }
+    }
+
+    pub fn into_server(self) -> config_server::ConfigServer<Self> {
+        config_server::ConfigServer::new(self)
+    }
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::ConfigUpdate, Status>> + Send>>;
+
+fn check_hello(hello: &pb::Hello) -> Result<(), Status> {
+    let mut bad = Vec::new();
+    if hello.node_id.is_empty() || hello.node_id.len() > 256 || hello.node_id.chars().any(char::is_control) {
+        bad.push(("nodeId", "must be 1-256 printable characters".to_string()));
+    }
+    if !matches!(hello.role.as_str(), "sidecar" | "gateway") {
+        bad.push(("role", "must be sidecar or gateway".to_string()));
+    }
+    if !hello.service_id.is_empty() && !is_valid_id(&hello.service_id) {
+        bad.push(("serviceId", "is not a valid service id".to_string()));
+    }
+    if hello.services.len() > MAX_WANTED {
+        bad.push(("services", format!("at most {MAX_WANTED}")));
+    }
+    for (i, id) in hello.services.iter().enumerate() {
+        if !is_valid_id(id) {
+            bad.push(("services", format!("[{i}] '{id}' is not a valid service id")));
+        }
+    }
+    if hello.region.len() > 128 || hello.zone.len() > 128 {
+        bad.push(("zone", "region and zone must be at most 128 characters".to_string()));
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(Invalid(
+        bad.into_iter()
+            .map(|(field, description)| reskflow_proto::FieldViolation { field: field.to_string(), description })
+            .collect(),
+    )
+    .into())
+}
+
+#[tonic::async_trait]
+impl config_server::Config for ConfigApi {
+    type StreamStream = UpdateStream;
+
+    async fn stream(&self, req: Request<Streaming<pb::StreamRequest>>) -> Result<Response<UpdateStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_WITHIN, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
+        let Some(pb::StreamRequest { kind: Some(pb::stream_request::Kind::Hello(hello)) }) = first else {
+            return Err(Status::invalid_argument("the first message must be a hello"));
+        };
+        check_hello(&hello)?;
+        let (tx, rx) = mpsc::channel(4);
+        let span = tracing::info_span!("config_stream", node = %hello.node_id, role = %hello.role);
+        let client = Client { registry: self.registry.clone(), control_plane: self.node_id.clone(), hello, tx };
+        tokio::spawn(client.run(inbound).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_clients(
+        &self,
+        _req: Request<pb::ListClientsRequest>,
+    ) -> Result<Response<pb::ListClientsResponse>, Status> {
+        let since = now_ms() - i64::try_from(SEEN_WITHIN.as_millis()).unwrap_or(0);
+        let rows = self.registry.store().clients(since).await.map_err(crate::registry::RegistryError::from)?;
+        let clients = rows
+            .into_iter()
+            .map(|r| pb::Client {
+                node_id: r.node_id,
+                role: r.role,
+                service_id: r.service_id,
+                region: r.region,
+                zone: r.zone,
+                acked_version: r.acked_version,
+                sent_version: r.sent_version,
+                nacked_version: r.nacked_version,
+                nack_error: r.nack_error,
+                control_plane: r.control_plane,
+                connected_at_ms: r.connected_at_ms,
+                last_seen_ms: r.last_seen_ms,
+                breakers_json: r.breakers_json,
+            })
+            .collect();
+        Ok(Response::new(pb::ListClientsResponse { current_version: self.registry.version(), clients }))
+    }
+
+    async fn reset_breaker(
+        &self,
+        req: Request<pb::ResetBreakerRequest>,
+    ) -> Result<Response<pb::ResetBreakerResponse>, Status> {
+        let id = req.into_inner().service_id;
+        check_id("serviceId", &id)?;
+        let version = self.registry.reset_breaker(&id).await?;
+        info!(service = %id, version, "circuit breakers reset");
+        Ok(Response::new(pb::ResetBreakerResponse { version }))
+    }
+}
+
+struct Client {
+    registry: Registry,
+    control_plane: String,
+    hello: pb::Hello,
+    tx: mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
+}
+
+impl Client {
+    async fn run(self, mut inbound: Streaming<pb::StreamRequest>) {
+        let store = self.registry.store().clone();
+        let node = self.hello.node_id.clone();
+        let row = ClientRow {
+            node_id: node.clone(),
+            role: self.hello.role.clone(),
+            service_id: self.hello.service_id.clone(),
+            region: self.hello.region.clone(),
+            zone: self.hello.zone.clone(),
+            acked_version: self.hello.running_version,
+            control_plane: self.control_plane.clone(),
+            ..ClientRow::default()
+        };
+        if let Err(err) = store.client_connected(&row).await {
+            warn!(error = %err, "cannot record the client");
+        }
+        info!(services = self.hello.services.len(), all = self.hello.all_services, "data plane connected");
+        let wanted = Wanted { all: self.hello.all_services, services: self.hello.services.clone() };
+        let mut versions = self.registry.versions();
+        let mut last_sent: Option<String> = None;
+        loop {
+            let config = config_push::build(&self.registry.read(), &wanted);
+            // Compare without the version: a change elsewhere in the registry is not news here.
+            let body = serde_json::to_string(&config.services).unwrap_or_default();
+            if last_sent.as_deref() != Some(body.as_str()) {
+                let json = serde_json::to_string(&config).unwrap_or_default();
+                let update = pb::ConfigUpdate { version: config.version, config_json: json };
+                if self.tx.send(Ok(update)).await.is_err() {
+                    break;
+                }
+                debug!(version = config.version, "config sent");
+                self.record(ClientUpdate::Sent(config.version)).await;
+                last_sent = Some(body);
+            }
+            tokio::select! {
+                changed = versions.changed() => if changed.is_err() { break },
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => self.handle(request).await,
+                    Ok(None) => break,
+                    Err(status) => {
+                        debug!(%status, "stream ended");
+                        break;
+                    }
+                },
+                _ = self.tx.closed() => break,
+            }
+        }
+        if let Err(err) = store.client_disconnected(&node, &self.control_plane).await {
+            warn!(error = %err, "cannot forget the client");
+        }
+        info!("data plane disconnected");
+    }
+
+    async fn handle(&self, request: pb::StreamRequest) {
+        use pb::stream_request::Kind;
+        let update = match request.kind {
+            Some(Kind::Ack(ack)) => ClientUpdate::Acked(ack.version),
+            Some(Kind::Nack(nack)) => {
+                warn!(version = nack.version, error = %nack.error, "data plane refused a config");
+                ClientUpdate::Nacked(nack.version, nack.error.chars().take(2_000).collect())
+            }
+            Some(Kind::Report(report)) => {
+                if report.breakers_json.len() > 1 << 20
+                    || serde_json::from_str::<serde_json::Value>(&report.breakers_json).is_err()
+                {
+                    warn!("ignored a breaker report that is not JSON or too large");
+                    return;
+                }
+                ClientUpdate::Report(report.breakers_json)
+            }
+            Some(Kind::Hello(_)) | None => return,
+        };
+        self.record(update).await;
+    }
+
+    async fn record(&self, update: ClientUpdate) {
+        if let Err(err) = self.registry.store().client_update(&self.hello.node_id, &self.control_plane, update).await {
+            warn!(error = %err, "cannot record what the client said");
+        }
+    }
+}
