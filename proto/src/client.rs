@@ -18,6 +18,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
 use crate::invalid::Invalid;
+use crate::pb::config::v1::config_client::ConfigClient;
 use crate::pb::registry::v1 as pb;
 use crate::pb::registry::v1::registry_client::RegistryClient;
 use crate::pb::workflow::v1 as wf;
@@ -41,6 +42,7 @@ impl Default for ClientOptions {
 #[derive(Debug, Clone)]
 pub struct Client {
     registry: RegistryClient<Channel>,
+    config: ConfigClient<Channel>,
     workflows: WorkflowsClient<Channel>,
     request_timeout: Duration,
 }
@@ -64,6 +66,7 @@ impl Client {
     pub fn from_channel(channel: Channel, options: ClientOptions) -> Self {
         Client {
             registry: RegistryClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024),
+            config: ConfigClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024),
             workflows: WorkflowsClient::new(channel)
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(16 * 1024 * 1024),
@@ -74,6 +77,11 @@ impl Client {
     /// The generated client, for calls the typed helpers do not cover.
     pub fn registry(&self) -> RegistryClient<Channel> {
         self.registry.clone()
+    }
+
+    /// The generated config-stream client (data planes).
+    pub fn config(&self) -> ConfigClient<Channel> {
+        self.config.clone()
     }
 
     /// The generated workflows client.
@@ -124,7 +132,12 @@ impl Client {
     }
 
     pub async fn register_instance(&self, instance: Instance) -> Result<Instance, Status> {
-        let req = self.request(pb::RegisterInstanceRequest { instance: Some(instance.into()) });
+        self.register_instance_with(instance, false).await
+    }
+
+    /// With `replace`, an instance already registered under the id is replaced (see the proto).
+    pub async fn register_instance_with(&self, instance: Instance, replace: bool) -> Result<Instance, Status> {
+        let req = self.request(pb::RegisterInstanceRequest { instance: Some(instance.into()), replace });
         let reply = self.registry().register_instance(req).await?.into_inner();
         Instance::try_from(reply).map_err(bad_reply)
     }

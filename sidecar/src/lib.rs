@@ -7,8 +7,25 @@
 //! - `breaker`: lock-free circuit breakers with resilience4j's semantics.
 //! - `health::outlier`: passive outlier detection and ejection, as Envoy's.
 //! - `clock`: the cheap monotonic millisecond clock they share.
+//!
+//! The sidecar binary:
+//!
+//! - `config`: its settings (environment, TOML).
+//! - `upstreams`: the live routing table built from each config version.
+//! - `config_watch`: the config stream client (ACK/NACK, reports, reconnects, saved config).
+//! - `proxy`: the outbound proxy, top to bottom.
+//! - `registration`: registering, heartbeating and deregistering the instance.
+//! - `admin`: readiness, Prometheus metrics, config dump.
+//! - `run`: wires them together.
 
+pub mod admin;
 pub mod balance;
 pub mod breaker;
 pub mod clock;
+pub mod config;
+pub mod config_watch;
 pub mod health;
+pub mod proxy;
+pub mod registration;
+pub mod run;
+pub mod upstreams;

@@ -84,8 +84,9 @@ impl registry_server::Registry for RegistryApi {
         &self,
         req: Request<pb::RegisterInstanceRequest>,
     ) -> Result<Response<pb::Instance>, Status> {
-        let instance = Instance::try_from(req.into_inner().instance.ok_or_else(|| missing("instance"))?)?;
-        Ok(Response::new(self.registry.register_instance(instance).await?.into()))
+        let r = req.into_inner();
+        let instance = Instance::try_from(r.instance.ok_or_else(|| missing("instance"))?)?;
+        Ok(Response::new(self.registry.register_instance_with(instance, r.replace).await?.into()))
     }
 
     async fn deregister_instance(

@@ -202,22 +202,50 @@ impl Registry {
 
     // === instances ===
 
-    pub async fn register_instance(&self, mut instance: Instance) -> Result<Instance, RegistryError> {
-        let kind = {
+    pub async fn register_instance(&self, instance: Instance) -> Result<Instance, RegistryError> {
+        self.register_instance_with(instance, false).await
+    }
+
+    /// Registers an instance; with `replace`, one already registered under its id (of the same
+    /// service) is replaced, keeping its registration time, and its health while its address and
+    /// port stay the same.
+    pub async fn register_instance_with(
+        &self,
+        mut instance: Instance,
+        replace: bool,
+    ) -> Result<Instance, RegistryError> {
+        let (kind, existing) = {
             let state = self.read();
             let service_version = state.services.get(&instance.service_id).map(|e| e.service.version.clone());
             instance.normalize(service_version.as_deref())?;
             let entry =
                 state.services.get(&instance.service_id).ok_or_else(|| not_found("service", &instance.service_id))?;
-            entry.service.check_kind()
+            let existing = if replace { state.instance(&instance.id).map(|i| (**i).clone()) } else { None };
+            (entry.service.check_kind(), existing)
         };
+        if let Some(old) = existing {
+            if old.service_id != instance.service_id {
+                return Err(RegistryError::Conflict(format!(
+                    "instance {} belongs to service {}",
+                    instance.id, old.service_id
+                )));
+            }
+            instance.registered_at = old.registered_at;
+            if old.address == instance.address && old.port == instance.port {
+                instance.status = old.status;
+                instance.status_output = old.status_output;
+                instance.status_since = old.status_since;
+                instance.last_checked_at = old.last_checked_at;
+            } else {
+                (instance.status, instance.status_output) = initial_health(kind);
+                instance.status_since = Some(Utc::now());
+            }
+            let records = self.commit(Mutation::UpdateInstance(instance)).await?;
+            return upserted_instance(records);
+        }
         // As in Consul, a checked instance is critical until its first check passes; an instance
         // of a service without checks is passing while registered.
-        (instance.status, instance.status_output) = match kind {
-            CheckKind::None => (HealthStatus::Passing, "no health check".into()),
-            CheckKind::Ttl => (HealthStatus::Critical, "waiting for the first heartbeat".into()),
-            _ => (HealthStatus::Critical, "waiting for the first check".into()),
-        };
+        (instance.status, instance.status_output) = initial_health(kind);
         let records = self.commit(Mutation::CreateInstance(instance)).await?;
         upserted_instance(records)
     }
@@ -339,3 +367,13 @@ fn upserted_instance(records: Vec<ChangeRecord>) -> Result<Instance, RegistryErr
 
 #[cfg(test)]
 mod tests;
+
+/// As in Consul, a checked instance is critical until its first check passes; an instance of a
+/// service without checks is passing while registered.
+fn initial_health(kind: CheckKind) -> (HealthStatus, String) {
+    match kind {
+        CheckKind::None => (HealthStatus::Passing, "no health check".into()),
+        CheckKind::Ttl => (HealthStatus::Critical, "waiting for the first heartbeat".into()),
+        _ => (HealthStatus::Critical, "waiting for the first check".into()),
+    }
+}

@@ -1,0 +1,379 @@
+//! The outbound proxy: the application calls `http://<outbound>/<service>/<path>` (or sends
+//! `Host: <service>`), and the request goes to an instance of that service. Per request, top to
+//! bottom: route to an upstream, ask its breaker (open: fallback or 503), pick an endpoint with its
+//! balancer, send with a per-try timeout (HTTP/1.1, or HTTP/2 for HTTP/2 callers such as gRPC;
+//! bodies stream both ways), feed the outcome to the endpoint's latency EWMA, outlier detection and
+//! the breaker, and retry safe bodiless requests within the retry budget.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Empty, Full};
+use hyper::body::{Body, Incoming};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use reskflow_proto::policy::{FailureKind, Fallback};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::retry::budget::Budget;
+use tracing::{debug, warn};
+
+use crate::balance::PickContext;
+use crate::breaker::{Outcome, Rejected};
+use crate::clock;
+use crate::health::outlier::Answer;
+use crate::upstreams::{Upstream, Upstreams};
+
+type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Headers that belong to one connection, not to the request (RFC 9110 7.6.1).
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TRAILER,
+];
+const ENDPOINT_HEADER: HeaderName = HeaderName::from_static("x-reskflow-endpoint");
+const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-reskflow-fallback");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+pub struct Proxy {
+    upstreams: Arc<Upstreams>,
+    http1: Client<HttpConnector, UpstreamBody>,
+    http2: Client<HttpConnector, UpstreamBody>,
+}
+
+impl Proxy {
+    pub fn new(upstreams: Arc<Upstreams>) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
+        Proxy { upstreams, http1, http2 }
+    }
+
+    /// Serves the outbound port until `shutdown`, then lets open requests finish (bounded).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let builder = auto::Builder::new(TokioExecutor::new());
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = self.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+            });
+            let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    debug!(error = %err, "connection ended with an error");
+                }
+            });
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let Some((service, path)) = route(&req, &self.upstreams) else {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "no upstream named by the Host header or the first path segment",
+                "",
+                None,
+            );
+        };
+        let Some(upstream) = self.upstreams.get(&service) else {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the sidecar has no config for this service (is it in UPSTREAMS and registered?)",
+                &service,
+                None,
+            );
+        };
+        upstream.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let now = clock::now_ms();
+        let permit = match upstream.breaker.try_acquire_at(now) {
+            Ok(permit) => permit,
+            Err(rejected) => {
+                upstream.stats.breaker_rejections.fetch_add(1, Ordering::Relaxed);
+                return self.fallback(&upstream, rejected, req, path).await;
+            }
+        };
+        let started = clock::now_ns();
+        let (response, outcome) = self.forward(&upstream, req, &path, true).await;
+        let elapsed = Duration::from_nanos(clock::now_ns().saturating_sub(started));
+        upstream.breaker.record_at(permit, outcome, elapsed, clock::now_ms());
+        response
+    }
+
+    /// Sends the request to an endpoint of `upstream`, retrying when allowed; the response and the
+    /// outcome the breaker records.
+    async fn forward(
+        &self,
+        upstream: &Upstream,
+        req: Request<Incoming>,
+        path: &str,
+        retries: bool,
+    ) -> (Response<ProxyBody>, Outcome) {
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if !parts.headers.contains_key(&TRACEPARENT) {
+            parts.headers.insert(TRACEPARENT, traceparent());
+        }
+        let policy = &upstream.policy;
+        let retry = &policy.retry;
+        // Only a request without a body can be sent again as it was.
+        let replayable = retries && body.is_end_stream() && is_safe(&parts.method, &parts.headers);
+        let attempts = if replayable { retry.max_attempts.max(1) } else { 1 };
+        if replayable {
+            upstream.budget.deposit();
+        }
+        let per_try = retry.per_try_timeout.unwrap_or_else(|| policy.timeout());
+        let hash_key = policy.load_balancer.hash_header.as_ref().and_then(|h| parts.headers.get(h.as_str()).cloned());
+        let client = if parts.version == Version::HTTP_2 { &self.http2 } else { &self.http1 };
+        let mut body = Some(body);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let now = clock::now_ms();
+            let pick = PickContext { hash_key: hash_key.as_ref().map(HeaderValue::as_bytes), now_ms: now };
+            let Some(endpoint) = upstream.balancer.pick(pick).cloned() else {
+                upstream.stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
+                let response =
+                    json_error(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint", &upstream.service, None);
+                return (response, Outcome::Failure(FailureKind::ConnectError));
+            };
+            let uri = match Uri::try_from(format!("{}://{}{}", endpoint.spec.scheme, endpoint.authority, path)) {
+                Ok(uri) => uri,
+                Err(_) => {
+                    let response = json_error(
+                        StatusCode::BAD_REQUEST,
+                        "the request path is not a valid URI",
+                        &upstream.service,
+                        None,
+                    );
+                    return (response, Outcome::Success);
+                }
+            };
+            let mut request = Request::builder()
+                .method(parts.method.clone())
+                .uri(uri)
+                .version(if parts.version == Version::HTTP_2 { Version::HTTP_2 } else { Version::HTTP_11 });
+            if let Some(headers) = request.headers_mut() {
+                *headers = parts.headers.clone();
+                headers.remove(header::HOST);
+            }
+            let request_body = match body.take() {
+                Some(b) if !replayable => Either::Left(b),
+                _ => Either::Right(Empty::new()),
+            };
+            let Ok(request) = request.body(request_body) else {
+                let response =
+                    json_error(StatusCode::BAD_REQUEST, "the request cannot be forwarded", &upstream.service, None);
+                return (response, Outcome::Success);
+            };
+            endpoint.start();
+            let started = clock::now_ns();
+            let result = tokio::time::timeout(per_try, client.request(request)).await;
+            let done = clock::now_ms();
+            endpoint.finish(Duration::from_nanos(clock::now_ns().saturating_sub(started)), done);
+            let (answer, failure) = match &result {
+                Ok(Ok(response)) if response.status().is_server_error() => {
+                    (Answer::Status(response.status().as_u16()), Some(FailureKind::ServerError))
+                }
+                Ok(Ok(response)) if response.status().is_client_error() => (Answer::Ok, Some(FailureKind::ClientError)),
+                Ok(Ok(_)) => (Answer::Ok, None),
+                Ok(Err(_)) => (Answer::NoAnswer, Some(FailureKind::ConnectError)),
+                Err(_) => (Answer::NoAnswer, Some(FailureKind::Timeout)),
+            };
+            if upstream.outlier.observe(&upstream.balancer, &endpoint, answer, done) {
+                upstream.stats.ejections.fetch_add(1, Ordering::Relaxed);
+            }
+            let again = failure.is_some_and(|kind| kind != FailureKind::ClientError && retry.retry_on.contains(&kind))
+                && attempt < attempts
+                && upstream.budget.withdraw();
+            if again {
+                upstream.stats.retries.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let outcome = failure.map_or(Outcome::Success, Outcome::Failure);
+            let response = match result {
+                Ok(Ok(response)) => {
+                    upstream.stats.count_status(response.status().as_u16());
+                    let (mut head, body) = response.into_parts();
+                    strip_hop_by_hop(&mut head.headers);
+                    if let Ok(v) = HeaderValue::from_str(&endpoint.spec.id) {
+                        head.headers.insert(ENDPOINT_HEADER, v);
+                    }
+                    Response::from_parts(head, Either::Left(body))
+                }
+                Ok(Err(err)) => {
+                    upstream.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                    debug!(endpoint = %endpoint.spec.id, error = %err, "upstream request failed");
+                    json_error(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream connect error or reset",
+                        &upstream.service,
+                        Some(&endpoint.spec.id),
+                    )
+                }
+                Err(_) => {
+                    upstream.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                    json_error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream did not answer in time",
+                        &upstream.service,
+                        Some(&endpoint.spec.id),
+                    )
+                }
+            };
+            return (response, outcome);
+        }
+    }
+
+    /// The breaker refused the call: the policy's fallback, or 503 naming the open circuit.
+    async fn fallback(
+        &self,
+        upstream: &Upstream,
+        rejected: Rejected,
+        req: Request<Incoming>,
+        path: String,
+    ) -> Response<ProxyBody> {
+        match &upstream.policy.fallback {
+            Some(Fallback::Static { status, headers, body }) => {
+                upstream.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+                *response.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+                let h = response.headers_mut();
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                for (name, value) in headers {
+                    if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::from_str(value)) {
+                        h.insert(n, v);
+                    }
+                }
+                h.insert(FALLBACK_HEADER, HeaderValue::from_static("static"));
+                response
+            }
+            Some(Fallback::Service { service_id }) => match self.upstreams.get(service_id) {
+                Some(other) => {
+                    upstream.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    let (mut response, _) = self.forward(&other, req, &path, false).await;
+                    if let Ok(v) = HeaderValue::from_str(service_id) {
+                        response.headers_mut().insert(FALLBACK_HEADER, v);
+                    }
+                    response
+                }
+                None => breaker_open(upstream, rejected),
+            },
+            None => breaker_open(upstream, rejected),
+        }
+    }
+}
+
+fn breaker_open(upstream: &Upstream, rejected: Rejected) -> Response<ProxyBody> {
+    let mut response = json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("circuit breaker {} is {}", upstream.service, rejected.state.as_str()),
+        &upstream.service,
+        None,
+    );
+    if let Some(after) = rejected.retry_after {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// Which upstream a request names: `Host: <service>[:port]`, else the first path segment (which
+/// is then removed from the path).
+fn route(req: &Request<Incoming>, upstreams: &Upstreams) -> Option<(String, String)> {
+    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let host = req.uri().host().or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name))
+    });
+    if let Some(host) = host {
+        if upstreams.get(host).is_some() {
+            return Some((host.to_string(), path_and_query.to_string()));
+        }
+    }
+    let rest = path_and_query.strip_prefix('/')?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let service = &rest[..end];
+    if service.is_empty() {
+        return None;
+    }
+    let tail = &rest[end..];
+    let path = if tail.starts_with('/') { tail.to_string() } else { format!("/{tail}") };
+    Some((service.to_string(), path))
+}
+
+fn is_safe(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) || headers.contains_key("idempotency-key")
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named by Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    // `TE: trailers` is what gRPC needs end to end; any other TE is hop-by-hop.
+    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+/// A new W3C trace context for a request that came without one.
+fn traceparent() -> HeaderValue {
+    let value = format!("00-{:016x}{:016x}-{:016x}-01", fastrand::u64(..), fastrand::u64(..), fastrand::u64(1..));
+    HeaderValue::from_str(&value)
+        .unwrap_or(HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01"))
+}
+
+pub fn json_error(status: StatusCode, error: &str, service: &str, endpoint: Option<&str>) -> Response<ProxyBody> {
+    let mut body = serde_json::json!({ "error": error, "status": status.as_u16() });
+    if !service.is_empty() {
+        body["service"] = service.into();
+    }
+    if let Some(e) = endpoint {
+        body["endpoint"] = e.into();
+    }
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
