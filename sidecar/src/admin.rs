@@ -15,6 +15,9 @@ use crate::breaker::State as BreakerState;
 use crate::clock;
 use crate::upstreams::Upstreams;
 
+/// A counter of the upstream stats: name, help, reader.
+type Counter = (&'static str, &'static str, fn(&crate::upstreams::Stats) -> u64);
+
 #[derive(Clone)]
 pub struct Admin {
     pub upstreams: Arc<Upstreams>,
@@ -58,7 +61,7 @@ async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
     let _ = writeln!(out, "reskflow_sidecar_config_version {}", table.config.version);
     let mut services: Vec<_> = table.upstreams.iter().collect();
     services.sort_by(|a, b| a.0.cmp(b.0));
-    let counters: [(&str, &str, fn(&crate::upstreams::Stats) -> u64); 9] = [
+    let counters: [Counter; 9] = [
         ("requests_total", "Requests to the upstream.", |s| s.requests.load(Ordering::Relaxed)),
         ("upstream_errors_total", "Connect errors, resets and timeouts.", |s| {
             s.upstream_errors.load(Ordering::Relaxed)

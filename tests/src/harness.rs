@@ -25,7 +25,17 @@ fn bin_dir() -> &'static Path {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
         let status = std::process::Command::new(cargo)
-            .args(["build", "--quiet", "-p", "reskflow-control-plane", "-p", "reskflow-gateway", "--bins"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "reskflow-control-plane",
+                "-p",
+                "reskflow-gateway",
+                "-p",
+                "reskflow-sidecar",
+                "--bins",
+            ])
             .current_dir(&workspace)
             .status()
             .expect("run cargo build for the binaries");
@@ -232,6 +242,92 @@ impl ControlPlane {
 
     pub fn client(&self) -> reskflow_proto::Client {
         reskflow_proto::Client::connect_lazy(&self.grpc_url, reskflow_proto::ClientOptions::default()).expect("client")
+    }
+}
+
+/// A sidecar process: outbound proxy and admin port on free ports, its saved config in a temp dir
+/// that survives restarts.
+pub struct Sidecar {
+    pub process: Process,
+    pub outbound: String,
+    pub admin: String,
+    envs: Vec<(String, String)>,
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Sidecar {
+    /// Starts a sidecar talking to `cp` with extra environment (`UPSTREAMS`, `SERVICE_ID`, ...);
+    /// waits until its admin port answers (not until it has a config).
+    pub async fn start(cp: &ControlPlane, env: &[(&str, &str)]) -> Sidecar {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (outbound, admin) = (free_port(), free_port());
+        let mut envs = vec![
+            ("ORCHESTRATION_URL".to_string(), cp.grpc_url.clone()),
+            ("OUTBOUND_ADDR".to_string(), format!("127.0.0.1:{outbound}")),
+            ("ADMIN_ADDR".to_string(), format!("127.0.0.1:{admin}")),
+            ("NODE_ID".to_string(), format!("sidecar-{admin}")),
+            ("REPORT_INTERVAL".to_string(), "200ms".to_string()),
+            ("DRAIN_TIME".to_string(), "200ms".to_string()),
+            ("WORKER_THREADS".to_string(), "2".to_string()),
+        ];
+        for (k, v) in env {
+            envs.retain(|(key, _)| key != k);
+            envs.push((k.to_string(), v.to_string()));
+        }
+        let process = Process::spawn("sidecar", "sidecar", &envs, dir.path());
+        let mut sidecar = Sidecar {
+            process,
+            outbound: format!("http://127.0.0.1:{outbound}"),
+            admin: format!("http://127.0.0.1:{admin}"),
+            envs,
+            dir,
+            http: reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client"),
+        };
+        sidecar.wait_admin().await;
+        sidecar
+    }
+
+    async fn wait_admin(&mut self) {
+        for _ in 0..300 {
+            if self.http.get(format!("{}/ready", self.admin)).send().await.is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.process.child.try_wait() {
+                panic!("sidecar exited with {status}:\n{}", self.process.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("sidecar admin port not answering after 15 s:\n{}", self.process.log());
+    }
+
+    /// Starts it again (after `kill` or `terminate`) with the same ports and saved config.
+    pub async fn restart(&mut self) {
+        let _ = self.process.child.wait().await;
+        self.process = Process::spawn("sidecar", "sidecar", &self.envs, self.dir.path());
+        self.wait_admin().await;
+    }
+
+    /// A GET through the outbound proxy: status, headers, JSON body (Null if not JSON).
+    pub async fn get(&self, path: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+        let response = self.http.get(format!("{}{path}", self.outbound)).send().await.expect("sidecar answers");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, headers, body)
+    }
+
+    /// A GET on the admin port, as JSON.
+    pub async fn admin(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(format!("{}{path}", self.admin)).send().await.expect("admin answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The admin port's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(format!("{}/metrics", self.admin)).send().await.expect("admin answers");
+        response.text().await.unwrap_or_default()
     }
 }
 

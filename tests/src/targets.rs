@@ -188,3 +188,90 @@ impl ActionService {
         self.state.delay_ms.store(ms, Ordering::Relaxed);
     }
 }
+
+/// An HTTP backend for proxy tests: answers every request with JSON naming itself and the path it
+/// saw, failing a chosen share of requests with 500. `kill` closes the listener and every open
+/// connection, as a crashed process would.
+pub struct EchoBackend {
+    pub name: String,
+    pub port: u16,
+    fail_per_10: Arc<std::sync::atomic::AtomicU32>,
+    served: Arc<std::sync::atomic::AtomicU64>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl EchoBackend {
+    pub async fn start(name: &str) -> EchoBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut backend = EchoBackend {
+            name: name.to_string(),
+            port,
+            fail_per_10: Arc::default(),
+            served: Arc::default(),
+            task: None,
+        };
+        backend.task = Some(tokio::spawn(Self::serve(
+            listener,
+            name.to_string(),
+            backend.fail_per_10.clone(),
+            backend.served.clone(),
+        )));
+        backend
+    }
+
+    async fn serve(
+        listener: TcpListener,
+        name: String,
+        fail_per_10: Arc<std::sync::atomic::AtomicU32>,
+        served: Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        use http_body_util::Full;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        // Connections live in this set: aborting the task closes them all.
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (name, fail, served) = (name.clone(), fail_per_10.clone(), served.clone());
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let n = served.fetch_add(1, Ordering::Relaxed);
+                let failing = (n % 10) < u64::from(fail.load(Ordering::Relaxed));
+                let body = serde_json::json!({
+                    "backend": name, "path": req.uri().path_and_query().map(|p| p.to_string()),
+                    "traceparent": req.headers().get("traceparent").and_then(|v| v.to_str().ok()),
+                });
+                let status = if failing { 500 } else { 200 };
+                let mut response = hyper::Response::new(Full::new(bytes::Bytes::from(body.to_string())));
+                *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            connections.spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            });
+            while connections.try_join_next().is_some() {}
+        }
+    }
+
+    /// From now on `n` requests in 10 answer 500.
+    pub fn fail_per_10(&self, n: u32) {
+        self.fail_per_10.store(n.min(10), Ordering::Relaxed);
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Closes the port and every connection.
+    pub fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for EchoBackend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

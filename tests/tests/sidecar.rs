@@ -1,0 +1,259 @@
+//! The sidecar as it runs: a real control plane, a real sidecar process and real backends. Config
+//! changes reach it over the stream; killed and failing backends are ejected or broken off;
+//! resets, control-plane outages and restarts behave as an operator expects.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use reskflow_e2e::harness::{eventually, ControlPlane, Sidecar};
+use reskflow_e2e::targets::EchoBackend;
+use reskflow_proto::pb::config::v1 as cfg;
+use reskflow_proto::registry::{Instance, Service};
+use reskflow_proto::Client;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn service(client: &Client, id: &str, policy: Value) {
+    let mut body = json!({ "id": id });
+    if !policy.is_null() {
+        body["trafficPolicy"] = policy;
+    }
+    let s: Service = serde_json::from_value(body).expect("service");
+    client.register_service(s).await.expect("register service");
+}
+
+async fn instance(client: &Client, service: &str, backend: &EchoBackend) {
+    let i: Instance = serde_json::from_value(json!({
+        "id": backend.name, "serviceId": service, "address": "127.0.0.1", "port": backend.port
+    }))
+    .expect("instance");
+    client.register_instance(i).await.expect("register instance");
+}
+
+/// Which backends answer `n` GETs through the sidecar.
+async fn backends_seen(sidecar: &Sidecar, path: &str, n: usize) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    for _ in 0..n {
+        let (status, _, body) = sidecar.get(path).await;
+        if status == 200 {
+            seen.insert(body["backend"].as_str().unwrap_or("").to_string());
+        }
+    }
+    seen
+}
+
+async fn ready(sidecar: &Sidecar) -> Value {
+    eventually("the sidecar is ready", WAIT, || async {
+        let (status, body) = sidecar.admin("/ready").await;
+        (status == 200).then_some(body)
+    })
+    .await
+}
+
+async fn clients(client: &Client) -> cfg::ListClientsResponse {
+    client.config().list_clients(cfg::ListClientsRequest {}).await.expect("list clients").into_inner()
+}
+
+#[tokio::test]
+async fn a_sidecar_registers_its_instance_routes_to_the_upstream_and_follows_new_instances() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    service(&client, "orders", Value::Null).await;
+    service(&client, "payments", Value::Null).await;
+    let (a, b, c) =
+        (EchoBackend::start("pay-a").await, EchoBackend::start("pay-b").await, EchoBackend::start("pay-c").await);
+    instance(&client, "payments", &a).await;
+    instance(&client, "payments", &b).await;
+    let sidecar =
+        Sidecar::start(&cp, &[("UPSTREAMS", "payments"), ("SERVICE_ID", "orders"), ("SERVICE_PORT", "9999")]).await;
+    ready(&sidecar).await;
+
+    // Path style: /<service>/<path>, the prefix removed; round robin over both instances.
+    let (status, headers, body) = sidecar.get("/payments/charges/7?currency=eur").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["path"], "/charges/7?currency=eur");
+    assert!(body["traceparent"].as_str().is_some_and(|t| t.starts_with("00-")), "a trace context is added: {body}");
+    assert!(headers.contains_key("x-reskflow-endpoint"));
+    assert_eq!(backends_seen(&sidecar, "/payments/x", 10).await, HashSet::from(["pay-a".into(), "pay-b".into()]));
+
+    // Host style.
+    let response = reqwest::Client::new()
+        .get(format!("{}/health", sidecar.outbound))
+        .header("host", "payments")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200);
+
+    // A new instance reaches the sidecar over the stream.
+    instance(&client, "payments", &c).await;
+    eventually("the new instance gets traffic", WAIT, || async {
+        backends_seen(&sidecar, "/payments/x", 6).await.contains("pay-c").then_some(())
+    })
+    .await;
+
+    // The sidecar registered the instance it runs beside, and acked what it was sent.
+    let orders = client.list_instances("orders").await.expect("instances");
+    assert_eq!(orders.len(), 1);
+    assert_eq!(orders[0].port, 9999);
+    let listed = eventually("the sidecar acked its latest config", WAIT, || async {
+        let list = clients(&client).await;
+        let me = list.clients.into_iter().find(|c| c.role == "sidecar")?;
+        (me.acked_version == me.sent_version && me.sent_version > 0).then_some(me)
+    })
+    .await;
+    assert_eq!(listed.service_id, "orders");
+
+    // Unknown upstreams are clear errors.
+    let (status, _, body) = sidecar.get("/ghost/x").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["service"], "ghost");
+}
+
+#[tokio::test]
+async fn a_killed_backend_is_ejected_and_safe_requests_are_retried_elsewhere() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    let policy = json!({"outlierDetection": {"consecutiveGatewayFailure": 2, "maxEjectionPercent": 50}});
+    service(&client, "stock", policy).await;
+    let mut backends = Vec::new();
+    for name in ["stock-a", "stock-b", "stock-c"] {
+        let b = EchoBackend::start(name).await;
+        instance(&client, "stock", &b).await;
+        backends.push(b);
+    }
+    let sidecar = Sidecar::start(&cp, &[("UPSTREAMS", "stock")]).await;
+    ready(&sidecar).await;
+    assert_eq!(backends_seen(&sidecar, "/stock/x", 9).await.len(), 3);
+
+    backends[0].kill();
+    for _ in 0..30 {
+        let (status, _, body) = sidecar.get("/stock/x").await;
+        assert_eq!(status, 200, "retried on another instance: {body}");
+        assert_ne!(body["backend"], "stock-a");
+    }
+    let metrics = sidecar.metrics().await;
+    assert!(metrics.contains("reskflow_sidecar_upstream_ejections_total{service=\"stock\"} 1"), "{metrics}");
+    assert!(metrics.contains("reskflow_sidecar_endpoints{service=\"stock\",ejected=\"true\"} 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_failing_backend_opens_the_breaker_fallbacks_are_served_and_half_open_probes_close_it() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    let policy = json!({
+        "circuitBreaker": {"slidingWindowSize": 10, "minimumNumberOfCalls": 10, "failureRateThreshold": 50,
+                           "waitDurationInOpenState": "1s", "permittedNumberOfCallsInHalfOpenState": 2},
+        "outlierDetection": {"enabled": false},
+        "retry": {"maxAttempts": 1},
+        "fallback": {"type": "static", "status": 200, "body": {"fallback": true}}
+    });
+    service(&client, "quotes", policy).await;
+    let backend = EchoBackend::start("quotes-a").await;
+    instance(&client, "quotes", &backend).await;
+    let sidecar = Sidecar::start(&cp, &[("UPSTREAMS", "quotes")]).await;
+    ready(&sidecar).await;
+
+    backend.fail_per_10(6);
+    let mut fallbacks = 0;
+    for _ in 0..30 {
+        let (_, headers, body) = sidecar.get("/quotes/x").await;
+        if headers.get("x-reskflow-fallback").is_some() {
+            assert_eq!(body, json!({"fallback": true}));
+            fallbacks += 1;
+        }
+    }
+    assert!(fallbacks >= 15, "the breaker opened after the window filled: {fallbacks} fallbacks");
+    let (_, breakers) = sidecar.admin("/breakers").await;
+    assert_eq!(breakers["quotes"]["state"], "OPEN", "{breakers}");
+    let served_while_open = backend.served();
+
+    // The backend recovers; after the wait, the half-open probes pass and the breaker closes.
+    backend.fail_per_10(0);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(backend.served(), served_while_open, "nothing reached the backend while open");
+    eventually("the breaker closes", WAIT, || async {
+        let (status, headers, _) = sidecar.get("/quotes/x").await;
+        let (_, breakers) = sidecar.admin("/breakers").await;
+        (status == 200 && headers.get("x-reskflow-fallback").is_none() && breakers["quotes"]["state"] == "CLOSED")
+            .then_some(())
+    })
+    .await;
+    // The control plane has the sidecar's breaker report.
+    eventually("the breaker report reaches the control plane", WAIT, || async {
+        let list = clients(&client).await;
+        let report: Value = serde_json::from_str(&list.clients.first()?.breakers_json).ok()?;
+        (report["quotes"]["transitions"].as_u64()? >= 3).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_operator_reset_closes_an_open_breaker_everywhere() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    let policy = json!({
+        "circuitBreaker": {"slidingWindowSize": 5, "minimumNumberOfCalls": 5, "waitDurationInOpenState": "1h"},
+        "outlierDetection": {"enabled": false},
+        "retry": {"maxAttempts": 1}
+    });
+    service(&client, "mail", policy).await;
+    let backend = EchoBackend::start("mail-a").await;
+    instance(&client, "mail", &backend).await;
+    let sidecar = Sidecar::start(&cp, &[("UPSTREAMS", "mail")]).await;
+    ready(&sidecar).await;
+    backend.fail_per_10(10);
+    for _ in 0..5 {
+        sidecar.get("/mail/x").await;
+    }
+    let (status, headers, body) = sidecar.get("/mail/x").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["service"], "mail");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("OPEN")), "{body}");
+    assert!(headers.contains_key("retry-after"));
+
+    backend.fail_per_10(0);
+    client.config().reset_breaker(cfg::ResetBreakerRequest { service_id: "mail".into() }).await.expect("reset");
+    eventually("the reset reaches the sidecar", Duration::from_secs(5), || async {
+        let (status, _, _) = sidecar.get("/mail/x").await;
+        (status == 200).then_some(())
+    })
+    .await;
+    let unknown = client.config().reset_breaker(cfg::ResetBreakerRequest { service_id: "ghost".into() }).await;
+    assert_eq!(unknown.expect_err("unknown service").code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn the_sidecar_routes_without_the_control_plane_and_restarts_from_its_saved_config() {
+    let mut cp = ControlPlane::start().await;
+    let client = cp.client();
+    service(&client, "search", Value::Null).await;
+    let backend = EchoBackend::start("search-a").await;
+    instance(&client, "search", &backend).await;
+    let mut sidecar = Sidecar::start(&cp, &[("UPSTREAMS", "search")]).await;
+    ready(&sidecar).await;
+
+    cp.process.kill().await;
+    for _ in 0..5 {
+        let (status, _, body) = sidecar.get("/search/q").await;
+        assert_eq!(status, 200, "keeps routing while the control plane is down: {body}");
+    }
+    // Restarted while the control plane is still down: it serves its saved config.
+    sidecar.process.kill().await;
+    sidecar.restart().await;
+    let state = ready(&sidecar).await;
+    assert_eq!(state["source"], "disk", "{state}");
+    let (status, _, _) = sidecar.get("/search/q").await;
+    assert_eq!(status, 200);
+
+    // The control plane comes back: the stream resumes.
+    cp.restart().await;
+    let client = cp.client();
+    eventually("the stream resumes", WAIT, || async {
+        let (_, state) = sidecar.admin("/ready").await;
+        let listed = clients(&client).await.clients.len();
+        (state["source"] == "control-plane" && listed == 1).then_some(())
+    })
+    .await;
+}
