@@ -79,6 +79,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
     Router::new()
         .merge(rest::registry::routes())
         .merge(rest::workflows::routes())
+        .merge(rest::dataplane::routes())
         .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/ready", get(ready))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

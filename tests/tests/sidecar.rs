@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use reskflow_e2e::harness::{eventually, ControlPlane, Sidecar};
+use reskflow_e2e::harness::{eventually, ControlPlane, Gateway, Sidecar};
 use reskflow_e2e::targets::EchoBackend;
 use reskflow_proto::pb::config::v1 as cfg;
 use reskflow_proto::registry::{Instance, Service};

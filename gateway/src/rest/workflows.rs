@@ -39,7 +39,7 @@ fn definition_json(d: pb::WorkflowDefinition) -> ApiResult<Value> {
     }))
 }
 
-fn chrono_ms(ms: i64) -> Value {
+pub(crate) fn chrono_ms(ms: i64) -> Value {
     // RFC 3339 like every other time in the API.
     let secs = ms.div_euclid(1000);
     let nanos = u32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0);
