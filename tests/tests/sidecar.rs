@@ -213,15 +213,30 @@ async fn an_operator_reset_closes_an_open_breaker_everywhere() {
     assert!(body["error"].as_str().is_some_and(|e| e.contains("OPEN")), "{body}");
     assert!(headers.contains_key("retry-after"));
 
+    // Operators see it through the REST API, aggregated and per holder, and reset it there.
+    let gw = Gateway::start(&cp).await;
+    let shown = eventually("the open breaker is reported", WAIT, || async {
+        let (_, body) = gw.get("/api/circuit-breakers/mail").await;
+        (body["state"] == "OPEN").then_some(body)
+    })
+    .await;
+    assert_eq!(shown["holders"], 1, "{shown}");
+    assert_eq!(shown["perHolder"][0]["role"], "sidecar", "{shown}");
+    let (_, all) = gw.get("/api/circuit-breakers").await;
+    assert_eq!(all["breakers"][0]["name"], "mail", "{all}");
+
     backend.fail_per_10(0);
-    client.config().reset_breaker(cfg::ResetBreakerRequest { service_id: "mail".into() }).await.expect("reset");
-    eventually("the reset reaches the sidecar", Duration::from_secs(5), || async {
+    let (status, body) = gw.post("/api/circuit-breakers/mail/reset", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    eventually("the reset reaches the sidecar", WAIT, || async {
         let (status, _, _) = sidecar.get("/mail/x").await;
         (status == 200).then_some(())
     })
     .await;
-    let unknown = client.config().reset_breaker(cfg::ResetBreakerRequest { service_id: "ghost".into() }).await;
-    assert_eq!(unknown.expect_err("unknown service").code(), tonic::Code::NotFound);
+    let (status, _) = gw.post("/api/circuit-breakers/ghost/reset", json!({})).await;
+    assert_eq!(status, 404);
+    let (_, clients) = gw.get("/api/dataplane/clients").await;
+    assert_eq!(clients["clients"][0]["role"], "sidecar", "{clients}");
 }
 
 #[tokio::test]
