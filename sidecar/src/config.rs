@@ -18,6 +18,7 @@ const ENV_VARS: &[&str] = &[
     "SERVICE_PORT",
     "SERVICE_SCHEME",
     "UPSTREAMS",
+    "DEFAULT_UPSTREAM",
     "OUTBOUND_ADDR",
     "ADMIN_ADDR",
     "REGION",
@@ -47,6 +48,9 @@ pub struct Config {
     pub service_scheme: String,
     /// The services the application calls, comma-separated.
     pub upstreams: String,
+    /// Where requests that name no upstream go, path unchanged (it must be in `UPSTREAMS`); empty:
+    /// they get a 404.
+    pub default_upstream: String,
     /// The outbound proxy (`http://OUTBOUND_ADDR/<service>/<path>`, or `Host: <service>`).
     pub outbound_addr: String,
     /// Readiness, Prometheus metrics, config dump.
@@ -80,6 +84,7 @@ impl Default for Config {
             service_port: 0,
             service_scheme: "http".into(),
             upstreams: String::new(),
+            default_upstream: String::new(),
             outbound_addr: "127.0.0.1:15001".into(),
             admin_addr: "127.0.0.1:15000".into(),
             region: String::new(),
@@ -146,6 +151,9 @@ impl Settings for Config {
             if !reskflow_proto::registry::is_valid_id(&id) {
                 problems.push(format!("UPSTREAMS: '{id}' is not a valid service id"));
             }
+        }
+        if !self.default_upstream.is_empty() && !self.upstream_list().contains(&self.default_upstream) {
+            problems.push(format!("DEFAULT_UPSTREAM: '{}' must be one of UPSTREAMS", self.default_upstream));
         }
         if !matches!(self.service_scheme.as_str(), "http" | "https") {
             problems.push("SERVICE_SCHEME: must be http or https".into());

@@ -49,12 +49,14 @@ const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 pub struct Proxy {
     upstreams: Arc<Upstreams>,
+    /// Where requests that name no upstream go (path unchanged); empty: nowhere (404).
+    default_upstream: String,
     http1: Client<HttpConnector, UpstreamBody>,
     http2: Client<HttpConnector, UpstreamBody>,
 }
 
 impl Proxy {
-    pub fn new(upstreams: Arc<Upstreams>) -> Proxy {
+    pub fn new(upstreams: Arc<Upstreams>, default_upstream: String) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -63,7 +65,7 @@ impl Proxy {
             .pool_max_idle_per_host(256)
             .build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
-        Proxy { upstreams, http1, http2 }
+        Proxy { upstreams, default_upstream, http1, http2 }
     }
 
     /// Serves the outbound port until `shutdown`, then lets open requests finish (bounded).
@@ -99,7 +101,7 @@ impl Proxy {
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let Some((service, path)) = route(&req, &self.upstreams) else {
+        let Some((service, path)) = route(&req, &self.upstreams, &self.default_upstream) else {
             return json_error(
                 StatusCode::NOT_FOUND,
                 "no upstream named by the Host header or the first path segment",
@@ -310,8 +312,8 @@ fn breaker_open(upstream: &Upstream, rejected: Rejected) -> Response<ProxyBody> 
 }
 
 /// Which upstream a request names: `Host: <service>[:port]`, else the first path segment (which
-/// is then removed from the path).
-fn route(req: &Request<Incoming>, upstreams: &Upstreams) -> Option<(String, String)> {
+/// is then removed from the path), else the default upstream (path unchanged).
+fn route(req: &Request<Incoming>, upstreams: &Upstreams, default: &str) -> Option<(String, String)> {
     let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let host = req.uri().host().or_else(|| {
         req.headers()
@@ -324,9 +326,13 @@ fn route(req: &Request<Incoming>, upstreams: &Upstreams) -> Option<(String, Stri
             return Some((host.to_string(), path_and_query.to_string()));
         }
     }
-    let rest = path_and_query.strip_prefix('/')?;
+    let rest = path_and_query.strip_prefix('/').unwrap_or(path_and_query);
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let service = &rest[..end];
+    let named = !service.is_empty() && upstreams.get(service).is_some();
+    if !named && !default.is_empty() {
+        return Some((default.to_string(), path_and_query.to_string()));
+    }
     if service.is_empty() {
         return None;
     }

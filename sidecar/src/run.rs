@@ -78,7 +78,7 @@ pub async fn run(
     });
 
     let proxy_stop = CancellationToken::new();
-    let proxy = Arc::new(Proxy::new(upstreams.clone()));
+    let proxy = Arc::new(Proxy::new(upstreams.clone(), config.default_upstream.clone()));
     info!(node = %node, outbound = %outbound.local_addr()?, "sidecar serving");
     let serving = tokio::spawn(proxy.serve(outbound, proxy_stop.clone()));
 

@@ -123,13 +123,16 @@ async fn a_killed_backend_is_ejected_and_safe_requests_are_retried_elsewhere() {
         instance(&client, "stock", &b).await;
         backends.push(b);
     }
-    let sidecar = Sidecar::start(&cp, &[("UPSTREAMS", "stock")]).await;
+    // Requests that name no upstream go to the default one, path unchanged.
+    let sidecar = Sidecar::start(&cp, &[("UPSTREAMS", "stock"), ("DEFAULT_UPSTREAM", "stock")]).await;
     ready(&sidecar).await;
-    assert_eq!(backends_seen(&sidecar, "/stock/x", 9).await.len(), 3);
+    assert_eq!(backends_seen(&sidecar, "/x", 9).await.len(), 3);
+    let (_, _, body) = sidecar.get("/items/1").await;
+    assert_eq!(body["path"], "/items/1");
 
     backends[0].kill();
     for _ in 0..30 {
-        let (status, _, body) = sidecar.get("/stock/x").await;
+        let (status, _, body) = sidecar.get("/x").await;
         assert_eq!(status, 200, "retried on another instance: {body}");
         assert_ne!(body["backend"], "stock-a");
     }

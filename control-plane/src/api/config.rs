@@ -1,9 +1,12 @@
 //! `reskflow.config.v1.Config`: the stream that keeps data planes configured. Per client, a task
 //! reads its hello, sends its config at once and again whenever the registry moves and the config
-//! differs, and records its ACKs, NACKs and breaker reports in the store (so any replica can list
-//! every client). A client that goes quiet is not dropped here: HTTP/2 keepalives end dead streams.
+//! differs, and notes its ACKs, NACKs and breaker reports in this replica's book of clients; the
+//! book is written to the store once a second in one transaction (so any replica can list every
+//! client, and a burst of ACKs after a change costs one write, not one per client).
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::Stream;
@@ -19,7 +22,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::status::check_id;
 use crate::config_push::{self, Wanted};
 use crate::registry::Registry;
-use crate::store::{now_ms, ClientRow, ClientUpdate};
+use crate::store::{now_ms, ClientRow, Store};
 
 /// How long a new stream may take to say hello.
 const HELLO_WITHIN: Duration = Duration::from_secs(10);
@@ -28,16 +31,72 @@ const SEEN_WITHIN: Duration = Duration::from_secs(30);
 /// Services one client may ask for.
 const MAX_WANTED: usize = 10_000;
 
+/// How often the book of clients is written to the store.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Rows of connected clients are refreshed at least this often even when nothing changed.
+const REFRESH_EVERY: Duration = Duration::from_secs(10);
+
+/// The clients whose streams this replica holds. std Mutex: held for map updates, never across
+/// `.await`.
+#[derive(Default)]
+struct Book {
+    clients: Mutex<(HashMap<String, ClientRow>, bool)>,
+}
+
+impl Book {
+    fn update(&self, node: &str, f: impl FnOnce(&mut ClientRow)) {
+        let mut guard = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let (clients, dirty) = &mut *guard;
+        if let Some(row) = clients.get_mut(node) {
+            f(row);
+            *dirty = true;
+        }
+    }
+
+    /// Writes the rows when something changed (or to refresh them); runs until the process ends.
+    async fn flush_forever(self: Arc<Self>, store: Store) {
+        let mut last_write = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(FLUSH_EVERY).await;
+            let rows: Vec<ClientRow> = {
+                let mut guard = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+                let (clients, dirty) = &mut *guard;
+                if !*dirty && last_write.elapsed() < REFRESH_EVERY {
+                    continue;
+                }
+                *dirty = false;
+                let now = now_ms();
+                clients
+                    .values_mut()
+                    .map(|r| {
+                        r.last_seen_ms = now;
+                        r.clone()
+                    })
+                    .collect()
+            };
+            last_write = tokio::time::Instant::now();
+            if let Err(err) = store.upsert_clients(&rows).await {
+                warn!(error = %err, clients = rows.len(), "cannot record the data-plane clients");
+                self.clients.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct ConfigApi {
     registry: Registry,
     /// This replica's node id (who holds a client's stream).
     node_id: String,
+    book: Arc<Book>,
 }
 
 impl ConfigApi {
+    /// Also starts writing the book of clients to the store (needs a Tokio runtime).
     pub fn new(registry: Registry, node_id: String) -> Self {
-        ConfigApi { registry, node_id }
+        let book = Arc::new(Book::default());
+        tokio::spawn(book.clone().flush_forever(registry.store().clone()));
+        ConfigApi { registry, node_id, book }
     }
 
     pub fn into_server(self) -> config_server::ConfigServer<Self> {
@@ -95,7 +154,13 @@ impl config_server::Config for ConfigApi {
         check_hello(&hello)?;
         let (tx, rx) = mpsc::channel(4);
         let span = tracing::info_span!("config_stream", node = %hello.node_id, role = %hello.role);
-        let client = Client { registry: self.registry.clone(), control_plane: self.node_id.clone(), hello, tx };
+        let client = Client {
+            registry: self.registry.clone(),
+            control_plane: self.node_id.clone(),
+            book: self.book.clone(),
+            hello,
+            tx,
+        };
         tokio::spawn(client.run(inbound).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -142,6 +207,7 @@ impl config_server::Config for ConfigApi {
 struct Client {
     registry: Registry,
     control_plane: String,
+    book: Arc<Book>,
     hello: pb::Hello,
     tx: mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
 }
@@ -150,6 +216,7 @@ impl Client {
     async fn run(self, mut inbound: Streaming<pb::StreamRequest>) {
         let store = self.registry.store().clone();
         let node = self.hello.node_id.clone();
+        let now = now_ms();
         let row = ClientRow {
             node_id: node.clone(),
             role: self.hello.role.clone(),
@@ -158,10 +225,15 @@ impl Client {
             zone: self.hello.zone.clone(),
             acked_version: self.hello.running_version,
             control_plane: self.control_plane.clone(),
+            connected_at_ms: now,
+            last_seen_ms: now,
+            breakers_json: "{}".into(),
             ..ClientRow::default()
         };
-        if let Err(err) = store.client_connected(&row).await {
-            warn!(error = %err, "cannot record the client");
+        {
+            let mut guard = self.book.clients.lock().unwrap_or_else(|e| e.into_inner());
+            guard.0.insert(node.clone(), row);
+            guard.1 = true;
         }
         info!(services = self.hello.services.len(), all = self.hello.all_services, "data plane connected");
         let wanted = Wanted { all: self.hello.all_services, services: self.hello.services.clone() };
@@ -178,13 +250,13 @@ impl Client {
                     break;
                 }
                 debug!(version = config.version, "config sent");
-                self.record(ClientUpdate::Sent(config.version)).await;
+                self.book.update(&node, |r| r.sent_version = config.version);
                 last_sent = Some(body);
             }
             tokio::select! {
                 changed = versions.changed() => if changed.is_err() { break },
                 message = inbound.message() => match message {
-                    Ok(Some(request)) => self.handle(request).await,
+                    Ok(Some(request)) => self.handle(request),
                     Ok(None) => break,
                     Err(status) => {
                         debug!(%status, "stream ended");
@@ -194,37 +266,35 @@ impl Client {
                 _ = self.tx.closed() => break,
             }
         }
+        self.book.clients.lock().unwrap_or_else(|e| e.into_inner()).0.remove(&node);
         if let Err(err) = store.client_disconnected(&node, &self.control_plane).await {
             warn!(error = %err, "cannot forget the client");
         }
         info!("data plane disconnected");
     }
 
-    async fn handle(&self, request: pb::StreamRequest) {
+    fn handle(&self, request: pb::StreamRequest) {
         use pb::stream_request::Kind;
-        let update = match request.kind {
-            Some(Kind::Ack(ack)) => ClientUpdate::Acked(ack.version),
+        let node = self.hello.node_id.as_str();
+        match request.kind {
+            Some(Kind::Ack(ack)) => self.book.update(node, |r| r.acked_version = ack.version),
             Some(Kind::Nack(nack)) => {
                 warn!(version = nack.version, error = %nack.error, "data plane refused a config");
-                ClientUpdate::Nacked(nack.version, nack.error.chars().take(2_000).collect())
+                self.book.update(node, |r| {
+                    r.nacked_version = nack.version;
+                    r.nack_error = nack.error.chars().take(2_000).collect();
+                });
             }
             Some(Kind::Report(report)) => {
-                if report.breakers_json.len() > 1 << 20
-                    || serde_json::from_str::<serde_json::Value>(&report.breakers_json).is_err()
-                {
+                let valid = report.breakers_json.len() <= 1 << 20
+                    && serde_json::from_str::<serde_json::Value>(&report.breakers_json).is_ok();
+                if !valid {
                     warn!("ignored a breaker report that is not JSON or too large");
                     return;
                 }
-                ClientUpdate::Report(report.breakers_json)
+                self.book.update(node, |r| r.breakers_json = report.breakers_json);
             }
-            Some(Kind::Hello(_)) | None => return,
-        };
-        self.record(update).await;
-    }
-
-    async fn record(&self, update: ClientUpdate) {
-        if let Err(err) = self.registry.store().client_update(&self.hello.node_id, &self.control_plane, update).await {
-            warn!(error = %err, "cannot record what the client said");
+            Some(Kind::Hello(_)) | None => {}
         }
     }
 }

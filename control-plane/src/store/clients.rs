@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{now_ms, Backend, Store, StoreError};
+use super::{Backend, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClientRow {
@@ -20,15 +20,6 @@ pub struct ClientRow {
     pub connected_at_ms: i64,
     pub last_seen_ms: i64,
     pub breakers_json: String,
-}
-
-/// What a stream learned about its client.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ClientUpdate {
-    Sent(u64),
-    Acked(u64),
-    Nacked(u64, String),
-    Report(String),
 }
 
 fn version(v: i64) -> u64 {
@@ -48,83 +39,49 @@ impl Store {
         }
     }
 
-    /// A client said hello: (re)creates its row, held by `control_plane`.
-    pub async fn client_connected(&self, row: &ClientRow) -> Result<(), StoreError> {
+    /// Writes the rows of the clients a replica holds (new ones, changed ones, and `last_seen_ms`
+    /// of all), in one transaction of multi-row upserts.
+    pub async fn upsert_clients(&self, rows: &[ClientRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         let _gate = self.gate().await;
-        let now = now_ms();
-        sqlx::query(
-            "INSERT INTO dataplane_clients (node_id, role, service_id, region, zone, sent_version, acked_version, \
-             nacked_version, nack_error, control_plane, connected_at_ms, last_seen_ms, breakers_json) \
-             VALUES ($1, $2, $3, $4, $5, 0, $6, 0, '', $7, $8, $8, '{}') \
-             ON CONFLICT (node_id) DO UPDATE SET role = $2, service_id = $3, region = $4, zone = $5, sent_version = 0, \
-             acked_version = $6, nacked_version = 0, nack_error = '', control_plane = $7, connected_at_ms = $8, \
-             last_seen_ms = $8, breakers_json = '{}'",
-        )
-        .bind(&row.node_id)
-        .bind(&row.role)
-        .bind(&row.service_id)
-        .bind(&row.region)
-        .bind(&row.zone)
-        .bind(signed(row.acked_version))
-        .bind(&row.control_plane)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Records what a stream learned, if `control_plane` still holds the client.
-    pub async fn client_update(
-        &self,
-        node_id: &str,
-        control_plane: &str,
-        update: ClientUpdate,
-    ) -> Result<(), StoreError> {
-        let _gate = self.gate().await;
-        let now = now_ms();
-        let where_ = "WHERE node_id = $1 AND control_plane = $2";
-        let query = match &update {
-            ClientUpdate::Sent(v) => {
-                sqlx::query(&format!("UPDATE dataplane_clients SET sent_version = $3, last_seen_ms = $4 {where_}"))
-                    .bind(node_id)
-                    .bind(control_plane)
-                    .bind(signed(*v))
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await
+        let mut tx = self.pool.begin().await?;
+        for chunk in rows.chunks(400) {
+            let values = (0..chunk.len())
+                .map(|r| format!("({})", (1..=13).map(|c| format!("${}", r * 13 + c)).collect::<Vec<_>>().join(", ")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO dataplane_clients (node_id, role, service_id, region, zone, sent_version, acked_version, \
+                 nacked_version, nack_error, control_plane, connected_at_ms, last_seen_ms, breakers_json) VALUES {values} \
+                 ON CONFLICT (node_id) DO UPDATE SET role = excluded.role, service_id = excluded.service_id, \
+                 region = excluded.region, zone = excluded.zone, sent_version = excluded.sent_version, \
+                 acked_version = excluded.acked_version, nacked_version = excluded.nacked_version, \
+                 nack_error = excluded.nack_error, control_plane = excluded.control_plane, \
+                 connected_at_ms = excluded.connected_at_ms, last_seen_ms = excluded.last_seen_ms, \
+                 breakers_json = excluded.breakers_json"
+            );
+            let mut query = sqlx::query(&sql);
+            for r in chunk {
+                query = query
+                    .bind(&r.node_id)
+                    .bind(&r.role)
+                    .bind(&r.service_id)
+                    .bind(&r.region)
+                    .bind(&r.zone)
+                    .bind(signed(r.sent_version))
+                    .bind(signed(r.acked_version))
+                    .bind(signed(r.nacked_version))
+                    .bind(&r.nack_error)
+                    .bind(&r.control_plane)
+                    .bind(r.connected_at_ms)
+                    .bind(r.last_seen_ms)
+                    .bind(&r.breakers_json);
             }
-            ClientUpdate::Acked(v) => {
-                sqlx::query(&format!("UPDATE dataplane_clients SET acked_version = $3, last_seen_ms = $4 {where_}"))
-                    .bind(node_id)
-                    .bind(control_plane)
-                    .bind(signed(*v))
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await
-            }
-            ClientUpdate::Nacked(v, why) => {
-                sqlx::query(&format!(
-                    "UPDATE dataplane_clients SET nacked_version = $3, nack_error = $4, last_seen_ms = $5 {where_}"
-                ))
-                .bind(node_id)
-                .bind(control_plane)
-                .bind(signed(*v))
-                .bind(why)
-                .bind(now)
-                .execute(&self.pool)
-                .await
-            }
-            ClientUpdate::Report(json) => {
-                sqlx::query(&format!("UPDATE dataplane_clients SET breakers_json = $3, last_seen_ms = $4 {where_}"))
-                    .bind(node_id)
-                    .bind(control_plane)
-                    .bind(json)
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await
-            }
-        };
-        query?;
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

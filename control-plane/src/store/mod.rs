@@ -22,7 +22,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 use tokio::sync::Notify;
 
-pub use clients::{ClientRow, ClientUpdate};
+pub use clients::ClientRow;
 pub use registry::{ChangeRecord, Mutation};
 pub use workflow::{
     Commit, Committed, InstanceRow, NewInstance, NewTask, Stored, StoredDefinition, Task, TaskKind, Transition,
