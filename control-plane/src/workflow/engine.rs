@@ -16,6 +16,8 @@ use crate::registry::Registry;
 use crate::store::{
     Committed, InstanceRow, NewInstance, NewTask, Store, StoreError, StoredDefinition, TaskKind, Transition,
 };
+use reskflow_sidecar::balance::Locality;
+use reskflow_sidecar::upstreams::Upstreams;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowError {
@@ -99,7 +101,9 @@ pub struct Engine {
 
 pub(super) struct Inner {
     pub store: Store,
-    pub registry: Registry,
+    /// Step calls go through the data plane's balancers, breakers and outlier detection, fed
+    /// from this replica's registry (every service, with its traffic policy).
+    pub upstreams: Arc<Upstreams>,
     pub options: EngineOptions,
     pub http: reqwest::Client,
     /// Compiled definitions by (id, version); versions never change once stored.
@@ -113,6 +117,22 @@ type CreateResult = Result<(String, bool), WorkflowError>;
 struct PendingCreate {
     run: NewInstance,
     reply: tokio::sync::oneshot::Sender<CreateResult>,
+}
+
+/// Keeps the step calls' upstreams in step with the registry: every service, its healthy
+/// instances and its traffic policy, rebuilt at each registry version this replica applies.
+async fn follow_registry(registry: Registry, upstreams: Arc<Upstreams>) {
+    let mut versions = registry.versions();
+    let everything = crate::config_push::Wanted { all: true, services: Vec::new() };
+    loop {
+        let config = crate::config_push::build(&registry.read(), &everything);
+        if let Err(why) = upstreams.apply(config, "registry") {
+            tracing::warn!(%why, "a service's traffic policy is not usable for step calls");
+        }
+        if versions.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Runs created at once, at most.
@@ -229,8 +249,17 @@ impl Engine {
             .map_err(|e| WorkflowError::Unavailable(format!("cannot build the HTTP client: {e}")))?;
         let (creates, queue) = tokio::sync::mpsc::channel(MAX_CREATE_BATCH * 4);
         tokio::spawn(creator(store.clone(), queue));
+        let upstreams = Arc::new(Upstreams::new(Locality::default()));
+        tokio::spawn(follow_registry(registry.clone(), upstreams.clone()));
         Ok(Engine {
-            inner: Arc::new(Inner { store, registry, options, http, definitions: Mutex::new(HashMap::new()), creates }),
+            inner: Arc::new(Inner {
+                store,
+                upstreams,
+                options,
+                http,
+                definitions: Mutex::new(HashMap::new()),
+                creates,
+            }),
         })
     }
 

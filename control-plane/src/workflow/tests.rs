@@ -56,6 +56,7 @@ async fn action(
 
 struct System {
     engine: Engine,
+    registry: Registry,
     service: Service,
     stop: CancellationToken,
     _guard: Guard,
@@ -87,9 +88,9 @@ async fn system(store: Store, guard: Guard) -> System {
             .unwrap();
     }
     let options = EngineOptions { poll: Duration::from_millis(20), ..EngineOptions::default() };
-    let engine = Engine::new(store, registry, options).unwrap();
+    let engine = Engine::new(store, registry.clone(), options).unwrap();
     tokio::spawn(super::worker::run(engine.clone(), stop.clone()));
-    System { engine, service, stop, _guard: guard }
+    System { engine, registry, service, stop, _guard: guard }
 }
 
 fn order_workflow() -> String {
@@ -203,5 +204,37 @@ async fn a_cancelled_run_compensates_and_a_finished_one_refuses_cancel() {
         assert_eq!(view.summary.status, "CANCELLED", "{:?}", view.history);
         assert_eq!(s.service.actions(), ["reserve", "charge", "release"], "the waiting retry never ran");
         assert!(matches!(s.engine.cancel(&id).await, Err(WorkflowError::Conflict(_))));
+    }
+}
+
+#[tokio::test]
+async fn step_calls_go_through_the_services_circuit_breaker() {
+    for (store, guard) in stores().await {
+        let s = system(store, guard).await;
+        // Two failed calls open the payments breaker for an hour; later attempts are refused by the
+        // breaker without reaching the service, and the run compensates.
+        let mut payments: reskflow_proto::registry::Service = serde_json::from_value(json!({
+            "id": "payments",
+            "trafficPolicy": {
+                "circuitBreaker": {"slidingWindowSize": 2, "minimumNumberOfCalls": 2, "waitDurationInOpenState": "1h"},
+                "outlierDetection": {"enabled": false}
+            }
+        }))
+        .unwrap();
+        payments.normalize().unwrap();
+        s.registry.update_service(payments).await.unwrap();
+        let workflow = order_workflow().replace("\"maxAttempts\":3", "\"maxAttempts\":5");
+        assert_ne!(workflow, order_workflow());
+        s.engine.register(&workflow).await.unwrap();
+        s.service.fail("charge", 100, 503);
+        let (id, _) = s.engine.execute("order", None, json!({"orderId": "o-9", "total": 3}), None).await.unwrap();
+        let view = wait_final(&s.engine, &id).await;
+        assert_eq!(view.summary.status, "COMPENSATED", "{:?}", view.history);
+        let charges = s.service.actions().iter().filter(|a| *a == "charge").count();
+        assert_eq!(charges, 2, "the breaker kept attempts 3-5 from the service");
+        let pay = view.steps.iter().find(|st| st.id == "process-payment").unwrap();
+        assert_eq!(pay.attempts.len(), 5);
+        let last = pay.attempts[4].error.as_deref().unwrap_or_default();
+        assert!(last.contains("circuit breaker payments is OPEN"), "{last}");
     }
 }

@@ -10,7 +10,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reskflow_proto::registry::DiscoverQuery;
+use std::sync::atomic::Ordering;
+
+use reskflow_sidecar::balance::PickContext;
+use reskflow_sidecar::breaker::{FailureKind, Outcome as CallOutcome};
+use reskflow_sidecar::clock;
+use reskflow_sidecar::health::outlier::Answer;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +24,6 @@ use tracing::{debug, info, warn, Instrument};
 use super::definition::{Definition, RetryOn};
 use super::engine::{transition_of, Engine, WorkflowError};
 use super::state::{Event, Run, Status, StepError};
-use crate::registry::RegistryError;
 use crate::store::{now_ms, Backend, Commit, Committed, InstanceRow, StoreError, Stored, Task, TaskKind, Transition};
 
 /// Largest response body a step may return.
@@ -41,23 +45,71 @@ impl Engine {
         instance_id: &str,
     ) -> Result<serde_json::Value, StepError> {
         let fail = |kind, message: String| StepError { kind, message };
-        let query = DiscoverQuery { service_id: service.to_string(), ..Default::default() };
-        let target = match self.inner.registry.discover(query) {
-            Ok(found) => found.instance,
-            Err(RegistryError::NotFound { .. }) => {
-                return Err(fail(RetryOn::Connection, format!("service {service} is not registered")))
-            }
-            Err(err) => return Err(fail(RetryOn::Connection, err.to_string())),
+        let Some(upstream) = self.inner.upstreams.get(service) else {
+            return Err(fail(RetryOn::Connection, format!("service {service} is not registered")));
         };
-        let host = if target.address.contains(':') { format!("[{}]", target.address) } else { target.address.clone() };
-        let scheme = if target.scheme == "https" { "https" } else { "http" };
-        let url = format!("{scheme}://{host}:{}/actions/{action}", target.port);
+        let now = clock::now_ms();
+        let permit = upstream.breaker.try_acquire_at(now).map_err(|rejected| {
+            upstream.stats.breaker_rejections.fetch_add(1, Ordering::Relaxed);
+            fail(RetryOn::Connection, format!("circuit breaker {service} is {}", rejected.state.as_str()))
+        })?;
+        let Some(endpoint) = upstream.balancer.pick(PickContext { hash_key: None, now_ms: now }).cloned() else {
+            upstream.stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
+            upstream.breaker.record_at(permit, CallOutcome::Failure(FailureKind::ConnectError), Duration::ZERO, now);
+            return Err(fail(RetryOn::Connection, format!("no healthy instance of {service}")));
+        };
+        upstream.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let url = format!("{}://{}/actions/{action}", endpoint.spec.scheme, endpoint.authority);
         // One trace per run: the run's id (a UUID) is the trace id.
         let traceparent = format!("00-{}-{:016x}-01", instance_id.replace('-', ""), rand::random::<u64>() | 1);
+        endpoint.start();
+        let started = clock::now_ns();
+        let result = self.send(&url, input, key, timeout, &traceparent).await;
+        let elapsed = Duration::from_nanos(clock::now_ns().saturating_sub(started));
+        let done = clock::now_ms();
+        endpoint.finish(elapsed, done);
+        let (answer, outcome) = match &result {
+            Ok((status, _)) if status.is_server_error() => {
+                (Answer::Status(status.as_u16()), CallOutcome::Failure(FailureKind::ServerError))
+            }
+            Ok((status, _)) if status.is_client_error() => (Answer::Ok, CallOutcome::Failure(FailureKind::ClientError)),
+            Ok(_) => (Answer::Ok, CallOutcome::Success),
+            Err(e) if e.kind == RetryOn::Timeout => (Answer::NoAnswer, CallOutcome::Failure(FailureKind::Timeout)),
+            Err(_) => (Answer::NoAnswer, CallOutcome::Failure(FailureKind::ConnectError)),
+        };
+        if upstream.outlier.observe(&upstream.balancer, &endpoint, answer, done) {
+            upstream.stats.ejections.fetch_add(1, Ordering::Relaxed);
+        }
+        upstream.breaker.record_at(permit, outcome, elapsed, done);
+        let (status, body) = result?;
+        upstream.stats.count_status(status.as_u16());
+        let text = || String::from_utf8_lossy(&body[..body.len().min(512)]).to_string();
+        if status.is_success() {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Ok(serde_json::Value::Null);
+            }
+            return serde_json::from_slice(&body).map_err(|e| {
+                fail(RetryOn::ServerError, format!("{url}: answered {status} with a body that is not JSON: {e}"))
+            });
+        }
+        let kind = if status.is_client_error() { RetryOn::ClientError } else { RetryOn::ServerError };
+        Err(fail(kind, format!("{url}: {status}: {}", text())))
+    }
+
+    /// POSTs the input; the status and body, or how the exchange failed.
+    async fn send(
+        &self,
+        url: &str,
+        input: &serde_json::Value,
+        key: &str,
+        timeout: Duration,
+        traceparent: &str,
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes), StepError> {
+        let fail = |kind, message: String| StepError { kind, message };
         let sent = self
             .inner
             .http
-            .post(&url)
+            .post(url)
             .timeout(timeout)
             .header("Idempotency-Key", key)
             .header("traceparent", traceparent)
@@ -75,27 +127,14 @@ impl Engine {
             Err(e) => return Err(fail(RetryOn::Connection, format!("{url}: {}", root_cause(&e)))),
         };
         let status = response.status();
-        let body = match response.bytes().await {
+        match response.bytes().await {
             Ok(b) if b.len() > MAX_OUTPUT_BYTES => {
-                return Err(fail(RetryOn::ServerError, format!("{url}: response larger than {MAX_OUTPUT_BYTES} bytes")))
+                Err(fail(RetryOn::ServerError, format!("{url}: response larger than {MAX_OUTPUT_BYTES} bytes")))
             }
-            Ok(b) => b,
-            Err(e) if e.is_timeout() => {
-                return Err(fail(RetryOn::Timeout, format!("{url}: body not received in time")))
-            }
-            Err(e) => return Err(fail(RetryOn::Connection, format!("{url}: {}", root_cause(&e)))),
-        };
-        let text = || String::from_utf8_lossy(&body[..body.len().min(512)]).to_string();
-        if status.is_success() {
-            if body.iter().all(u8::is_ascii_whitespace) {
-                return Ok(serde_json::Value::Null);
-            }
-            return serde_json::from_slice(&body).map_err(|e| {
-                fail(RetryOn::ServerError, format!("{url}: answered {status} with a body that is not JSON: {e}"))
-            });
+            Ok(b) => Ok((status, b)),
+            Err(e) if e.is_timeout() => Err(fail(RetryOn::Timeout, format!("{url}: body not received in time"))),
+            Err(e) => Err(fail(RetryOn::Connection, format!("{url}: {}", root_cause(&e)))),
         }
-        let kind = if status.is_client_error() { RetryOn::ClientError } else { RetryOn::ServerError };
-        Err(fail(kind, format!("{url}: {status}: {}", text())))
     }
 
     /// Runs a claimed task (`row`: its run, as read after the claim) and commits the outcome.

@@ -100,17 +100,24 @@ impl Balancer {
         &self.endpoints
     }
 
-    /// An available endpoint for a request, None when there is none.
+    /// An endpoint for a request, None when there is none. When every endpoint is ejected, all of
+    /// them are used as if none were (Envoy's panic routing): ejecting everything would turn a
+    /// partial failure into a total one.
     pub fn pick(&self, cx: PickContext<'_>) -> Option<&Arc<Endpoint>> {
-        if let (Some(ring), Some(key)) = (&self.ring, cx.hash_key) {
-            return ring.pick(&self.endpoints, key, cx.now_ms);
+        // At the end of time nothing is ejected.
+        self.pick_at(cx.hash_key, cx.now_ms).or_else(|| self.pick_at(cx.hash_key, u64::MAX))
+    }
+
+    fn pick_at(&self, hash_key: Option<&[u8]>, now_ms: u64) -> Option<&Arc<Endpoint>> {
+        if let (Some(ring), Some(key)) = (&self.ring, hash_key) {
+            return ring.pick(&self.endpoints, key, now_ms);
         }
         if !self.local.members.is_empty() {
-            if let Some(found) = self.pick_in(&self.local, cx.now_ms) {
+            if let Some(found) = self.pick_in(&self.local, now_ms) {
                 return Some(found);
             }
         }
-        self.pick_in(&self.all, cx.now_ms)
+        self.pick_in(&self.all, now_ms)
     }
 
     fn pick_in(&self, subset: &Subset, now_ms: u64) -> Option<&Arc<Endpoint>> {

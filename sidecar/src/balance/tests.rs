@@ -147,3 +147,15 @@ fn no_endpoint_means_no_pick() {
     assert!(lb(LbPolicy::LeastRequest, &[]).pick(PickContext::default()).is_none());
     assert!(lb(LbPolicy::RingHash, &[]).pick(PickContext { hash_key: Some(b"k"), now_ms: 0 }).is_none());
 }
+
+#[test]
+fn when_every_endpoint_is_ejected_traffic_goes_to_all_of_them() {
+    for policy in [LbPolicy::RoundRobin, LbPolicy::LeastRequest, LbPolicy::Weighted, LbPolicy::Random] {
+        let b = lb(policy, &three());
+        for e in b.endpoints() {
+            eject(e, 1_000);
+        }
+        let counts = picks(&b, 300, PickContext { now_ms: 10, ..Default::default() });
+        assert_eq!(counts.len(), 3, "{policy:?}: {counts:?}");
+    }
+}
