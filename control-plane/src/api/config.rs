@@ -83,12 +83,52 @@ impl Book {
     }
 }
 
+/// A config as sent: its version, the services part (to compare with what a client has) and the
+/// whole JSON.
+struct Built {
+    version: u64,
+    services: Arc<str>,
+    json: String,
+}
+
+/// Configs built at the current version, by what clients want: a registry change is turned into
+/// JSON once per distinct set of wanted services, not once per client (a thousand sidecars of one
+/// service want the same thing). std Mutex: never held across `.await`.
+#[derive(Default)]
+struct Configs {
+    built: Mutex<HashMap<(bool, Vec<String>), Arc<Built>>>,
+}
+
+impl Configs {
+    fn get(&self, registry: &Registry, wanted: &Wanted) -> Arc<Built> {
+        let version = registry.version();
+        let key = (wanted.all, wanted.services.clone());
+        if let Some(b) = self.built.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            if b.version == version {
+                return b.clone();
+            }
+        }
+        let config = config_push::build(&registry.read(), wanted);
+        let built = Arc::new(Built {
+            version: config.version,
+            services: serde_json::to_string(&config.services).unwrap_or_default().into(),
+            json: serde_json::to_string(&config).unwrap_or_default(),
+        });
+        let mut map = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        // Entries of other versions are stale: keep the map to what is current.
+        map.retain(|_, b| b.version >= built.version);
+        map.insert(key, built.clone());
+        built
+    }
+}
+
 #[derive(Clone)]
 pub struct ConfigApi {
     registry: Registry,
     /// This replica's node id (who holds a client's stream).
     node_id: String,
     book: Arc<Book>,
+    configs: Arc<Configs>,
 }
 
 impl ConfigApi {
@@ -96,7 +136,7 @@ impl ConfigApi {
     pub fn new(registry: Registry, node_id: String) -> Self {
         let book = Arc::new(Book::default());
         tokio::spawn(book.clone().flush_forever(registry.store().clone()));
-        ConfigApi { registry, node_id, book }
+        ConfigApi { registry, node_id, book, configs: Arc::default() }
     }
 
     pub fn into_server(self) -> config_server::ConfigServer<Self> {
@@ -158,6 +198,7 @@ impl config_server::Config for ConfigApi {
             registry: self.registry.clone(),
             control_plane: self.node_id.clone(),
             book: self.book.clone(),
+            configs: self.configs.clone(),
             hello,
             tx,
         };
@@ -208,6 +249,7 @@ struct Client {
     registry: Registry,
     control_plane: String,
     book: Arc<Book>,
+    configs: Arc<Configs>,
     hello: pb::Hello,
     tx: mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
 }
@@ -238,20 +280,18 @@ impl Client {
         info!(services = self.hello.services.len(), all = self.hello.all_services, "data plane connected");
         let wanted = Wanted { all: self.hello.all_services, services: self.hello.services.clone() };
         let mut versions = self.registry.versions();
-        let mut last_sent: Option<String> = None;
+        let mut last_sent: Option<Arc<str>> = None;
         loop {
-            let config = config_push::build(&self.registry.read(), &wanted);
+            let built = self.configs.get(&self.registry, &wanted);
             // Compare without the version: a change elsewhere in the registry is not news here.
-            let body = serde_json::to_string(&config.services).unwrap_or_default();
-            if last_sent.as_deref() != Some(body.as_str()) {
-                let json = serde_json::to_string(&config).unwrap_or_default();
-                let update = pb::ConfigUpdate { version: config.version, config_json: json };
+            if last_sent.as_deref() != Some(&*built.services) {
+                let update = pb::ConfigUpdate { version: built.version, config_json: built.json.clone() };
                 if self.tx.send(Ok(update)).await.is_err() {
                     break;
                 }
-                debug!(version = config.version, "config sent");
-                self.book.update(&node, |r| r.sent_version = config.version);
-                last_sent = Some(body);
+                debug!(version = built.version, "config sent");
+                self.book.update(&node, |r| r.sent_version = built.version);
+                last_sent = Some(built.services.clone());
             }
             tokio::select! {
                 changed = versions.changed() => if changed.is_err() { break },
