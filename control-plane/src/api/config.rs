@@ -96,8 +96,11 @@ struct Built {
 /// service want the same thing). std Mutex: never held across `.await`.
 #[derive(Default)]
 struct Configs {
-    built: Mutex<HashMap<(bool, Vec<String>), Arc<Built>>>,
+    built: Mutex<HashMap<WantedKey, Arc<Built>>>,
 }
+
+/// All services, or these.
+type WantedKey = (bool, Vec<String>);
 
 impl Configs {
     fn get(&self, registry: &Registry, wanted: &Wanted) -> Arc<Built> {
