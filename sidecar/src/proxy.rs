@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Incoming};
@@ -109,7 +110,7 @@ impl Proxy {
                 None,
             );
         };
-        let Some(upstream) = self.upstreams.get(&service) else {
+        let Some(upstream) = self.upstreams.get(service.as_ref()) else {
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the sidecar has no config for this service (is it in UPSTREAMS and registered?)",
@@ -127,7 +128,7 @@ impl Proxy {
             }
         };
         let started = clock::now_ns();
-        let (response, outcome) = self.forward(&upstream, req, &path, true).await;
+        let (response, outcome) = self.forward(&upstream, req, path.as_deref(), true).await;
         let elapsed = Duration::from_nanos(clock::now_ns().saturating_sub(started));
         upstream.breaker.record_at(permit, outcome, elapsed, clock::now_ms());
         response
@@ -139,7 +140,7 @@ impl Proxy {
         &self,
         upstream: &Upstream,
         req: Request<Incoming>,
-        path: &str,
+        path: Option<&str>,
         retries: bool,
     ) -> (Response<ProxyBody>, Outcome) {
         let (mut parts, body) = req.into_parts();
@@ -170,7 +171,14 @@ impl Proxy {
                     json_error(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint", &upstream.service, None);
                 return (response, Outcome::Failure(FailureKind::ConnectError));
             };
-            let uri = match Uri::try_from(format!("{}://{}{}", endpoint.spec.scheme, endpoint.authority, path)) {
+            let mut uri_parts = http::uri::Parts::default();
+            uri_parts.scheme = endpoint.uri_scheme.clone();
+            uri_parts.authority = endpoint.uri_authority.clone();
+            uri_parts.path_and_query = match path {
+                Some(p) => PathAndQuery::try_from(p).ok(),
+                None => parts.uri.path_and_query().cloned().or_else(|| Some(PathAndQuery::from_static("/"))),
+            };
+            let uri = match Uri::from_parts(uri_parts) {
                 Ok(uri) => uri,
                 Err(_) => {
                     let response = json_error(
@@ -187,7 +195,8 @@ impl Proxy {
                 .uri(uri)
                 .version(if parts.version == Version::HTTP_2 { Version::HTTP_2 } else { Version::HTTP_11 });
             if let Some(headers) = request.headers_mut() {
-                *headers = parts.headers.clone();
+                // A request sent once takes the headers; one that may be retried keeps a copy.
+                *headers = if replayable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
                 headers.remove(header::HOST);
             }
             let request_body = match body.take() {
@@ -229,8 +238,8 @@ impl Proxy {
                     upstream.stats.count_status(response.status().as_u16());
                     let (mut head, body) = response.into_parts();
                     strip_hop_by_hop(&mut head.headers);
-                    if let Ok(v) = HeaderValue::from_str(&endpoint.spec.id) {
-                        head.headers.insert(ENDPOINT_HEADER, v);
+                    if let Some(v) = &endpoint.id_header {
+                        head.headers.insert(ENDPOINT_HEADER, v.clone());
                     }
                     Response::from_parts(head, Either::Left(body))
                 }
@@ -264,7 +273,7 @@ impl Proxy {
         upstream: &Upstream,
         rejected: Rejected,
         req: Request<Incoming>,
-        path: String,
+        path: Option<String>,
     ) -> Response<ProxyBody> {
         match &upstream.policy.fallback {
             Some(Fallback::Static { status, headers, body }) => {
@@ -284,7 +293,7 @@ impl Proxy {
             Some(Fallback::Service { service_id }) => match self.upstreams.get(service_id) {
                 Some(other) => {
                     upstream.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-                    let (mut response, _) = self.forward(&other, req, &path, false).await;
+                    let (mut response, _) = self.forward(&other, req, path.as_deref(), false).await;
                     if let Ok(v) = HeaderValue::from_str(service_id) {
                         response.headers_mut().insert(FALLBACK_HEADER, v);
                     }
@@ -311,10 +320,15 @@ fn breaker_open(upstream: &Upstream, rejected: Rejected) -> Response<ProxyBody> 
     response
 }
 
-/// Which upstream a request names: `Host: <service>[:port]`, else the first path segment (which
-/// is then removed from the path), else the default upstream (path unchanged).
-fn route(req: &Request<Incoming>, upstreams: &Upstreams, default: &str) -> Option<(String, String)> {
-    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+/// Which upstream a request names, and the path to send (None: the request's, unchanged):
+/// `Host: <service>[:port]`, else the first path segment (removed from the path), else the default
+/// upstream.
+fn route<'r>(
+    req: &'r Request<Incoming>,
+    upstreams: &Upstreams,
+    default: &'r str,
+) -> Option<(std::borrow::Cow<'r, str>, Option<String>)> {
+    use std::borrow::Cow;
     let host = req.uri().host().or_else(|| {
         req.headers()
             .get(header::HOST)
@@ -323,22 +337,23 @@ fn route(req: &Request<Incoming>, upstreams: &Upstreams, default: &str) -> Optio
     });
     if let Some(host) = host {
         if upstreams.get(host).is_some() {
-            return Some((host.to_string(), path_and_query.to_string()));
+            return Some((Cow::Borrowed(host), None));
         }
     }
+    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let rest = path_and_query.strip_prefix('/').unwrap_or(path_and_query);
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let service = &rest[..end];
     let named = !service.is_empty() && upstreams.get(service).is_some();
     if !named && !default.is_empty() {
-        return Some((default.to_string(), path_and_query.to_string()));
+        return Some((Cow::Borrowed(default), None));
     }
     if service.is_empty() {
         return None;
     }
     let tail = &rest[end..];
     let path = if tail.starts_with('/') { tail.to_string() } else { format!("/{tail}") };
-    Some((service.to_string(), path))
+    Some((Cow::Borrowed(service), Some(path)))
 }
 
 fn is_safe(method: &Method, headers: &HeaderMap) -> bool {

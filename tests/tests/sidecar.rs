@@ -275,3 +275,48 @@ async fn the_sidecar_routes_without_the_control_plane_and_restarts_from_its_save
     })
     .await;
 }
+
+#[tokio::test]
+async fn grpc_goes_through_the_sidecar_over_http2_and_sigterm_deregisters_the_instance() {
+    use reskflow_e2e::targets::GrpcTarget;
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    service(&client, "inventory", Value::Null).await;
+    service(&client, "health-api", Value::Null).await;
+    let target = GrpcTarget::start("inventory.v1.Stock").await;
+    let i: Instance = serde_json::from_value(json!({
+        "id": "health-api-1", "serviceId": "health-api", "address": "127.0.0.1", "port": target.port
+    }))
+    .expect("instance");
+    client.register_instance(i).await.expect("register");
+    let mut sidecar = Sidecar::start(
+        &cp,
+        &[("UPSTREAMS", "health-api"), ("SERVICE_ID", "inventory"), ("SERVICE_PORT", "7000"), ("DRAIN_TIME", "1s")],
+    )
+    .await;
+    ready(&sidecar).await;
+
+    // A gRPC client talks HTTP/2 to the sidecar and names the service in :authority.
+    let origin: tonic::transport::Uri = "http://health-api".parse().expect("uri");
+    let channel = tonic::transport::Endpoint::from_shared(sidecar.outbound.clone())
+        .expect("endpoint")
+        .origin(origin)
+        .connect()
+        .await
+        .expect("connect to the sidecar");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "inventory.v1.Stock".into() })
+        .await
+        .expect("a gRPC answer through the sidecar")
+        .into_inner();
+    assert_eq!(reply.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let unknown = health.check(tonic_health::pb::HealthCheckRequest { service: "nope".into() }).await;
+    assert_eq!(unknown.expect_err("unknown service").code(), tonic::Code::NotFound, "gRPC statuses pass through");
+
+    // SIGTERM: the instance is deregistered first, then the sidecar drains and exits.
+    assert_eq!(client.list_instances("inventory").await.expect("instances").len(), 1);
+    let status = sidecar.process.terminate().await.expect("the sidecar exits");
+    assert!(status.success(), "{status:?}");
+    assert!(client.list_instances("inventory").await.expect("instances").is_empty());
+}

@@ -19,6 +19,11 @@ pub struct Endpoint {
     pub spec: EndpointSpec,
     /// `address:port`, bracketed for IPv6, for URIs.
     pub authority: String,
+    /// The same, parsed once for the request path (None if the spec is not a valid URI part).
+    pub uri_scheme: Option<http::uri::Scheme>,
+    pub uri_authority: Option<http::uri::Authority>,
+    /// The instance id as a header value (for `x-reskflow-endpoint`).
+    pub id_header: Option<http::HeaderValue>,
     in_flight: AtomicU32,
     /// f64 bits: the peak-EWMA latency in ns.
     rtt_ns: AtomicU64,
@@ -45,6 +50,9 @@ impl Endpoint {
             format!("{}:{}", spec.address, spec.port)
         };
         Endpoint {
+            uri_scheme: http::uri::Scheme::try_from(spec.scheme.as_str()).ok(),
+            uri_authority: http::uri::Authority::try_from(authority.as_str()).ok(),
+            id_header: http::HeaderValue::from_str(&spec.id).ok(),
             spec,
             authority,
             in_flight: AtomicU32::new(0),
