@@ -86,10 +86,18 @@ where
         return ExitCode::from(EXIT_CONFIG);
     }
     init_tracing(settings.log_format(), default_filter);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if settings.worker_threads() > 0 {
-        runtime.worker_threads(settings.worker_threads());
-    }
+    // One worker: the current-thread scheduler does the same work without the multi-thread
+    // scheduler's cross-thread machinery (work stealing, the injection queue, wake-ups by syscall).
+    let mut runtime = match settings.worker_threads() {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                builder.worker_threads(n);
+            }
+            builder
+        }
+    };
     let result = runtime
         .enable_all()
         .build()
