@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Watch fan-out: STREAMS concurrent Watch streams (one connection each, as sidecars would hold) on
-# one control plane; CHANGES registry changes made one at a time; for each stream, the time from
-# the write call to the change arriving. On SQLite and on PostgreSQL.
+# Fan-out: STREAMS concurrent streams (one connection each, as sidecars hold them) on one control
+# plane; CHANGES registry changes made one at a time; for each stream, the time from the write call
+# to the change arriving. On SQLite and on PostgreSQL. FANOUT=watch: registry Watch streams;
+# FANOUT=config: config streams that ACK every update (bench/config-fanout.sh sets it).
 #
-#   bench/watch-fanout.sh        Knobs: STREAMS=1000 CHANGES=50 INTERVAL_MS=100 DATABASE_URL
+#   bench/watch-fanout.sh        Knobs: FANOUT=watch STREAMS=1000 CHANGES=50 INTERVAL_MS=100 DATABASE_URL
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-STREAMS=${STREAMS:-1000} CHANGES=${CHANGES:-50} INTERVAL_MS=${INTERVAL_MS:-100}
+FANOUT=${FANOUT:-watch} STREAMS=${STREAMS:-1000} CHANGES=${CHANGES:-50} INTERVAL_MS=${INTERVAL_MS:-100}
 PG_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
-OUT=${OUT:-$ROOT/bench/results/watch-fanout-$(date +%Y%m%d-%H%M%S)}
+OUT=${OUT:-$ROOT/bench/results/$FANOUT-fanout-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 # Each stream is a connection: the server and the load generator each hold STREAMS sockets.
 ulimit -n "$(ulimit -Hn)"
@@ -26,7 +27,7 @@ run() { # run NAME DATABASE_URL PORT
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
     local rss_before rss_after line
     rss_before=$(awk '/VmRSS/ {print $2}' /proc/$cp_pid/status)
-    line=$("$BIN/watch-fanout" --url "http://127.0.0.1:$port" --streams "$STREAMS" --changes "$CHANGES" --interval-ms "$INTERVAL_MS" | grep '^RESULT')
+    line=$("$BIN/$FANOUT-fanout" --url "http://127.0.0.1:$port" --streams "$STREAMS" --changes "$CHANGES" --interval-ms "$INTERVAL_MS" | grep '^RESULT')
     rss_after=$(awk '/VmRSS/ {print $2}' /proc/$cp_pid/status)
     echo "$name $line cp_rss_idle_kb=$rss_before cp_rss_streams_kb=$rss_after" | tee -a "$OUT/results.txt"
     kill $cp_pid; wait $cp_pid 2>/dev/null || true; cp_pid=

@@ -95,28 +95,6 @@ async fn main() -> anyhow::Result<()> {
         admin.register_instance(instance).await.context("register")?;
         tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
     }
-    let expected = args.streams * args.changes;
-    let mut samples = Vec::with_capacity(expected);
-    let deadline = tokio::time::sleep(Duration::from_secs(10));
-    tokio::pin!(deadline);
-    while samples.len() < expected {
-        tokio::select! {
-            Some(ms) = rx.recv() => samples.push(ms),
-            _ = &mut deadline => break,
-        }
-    }
-    samples.sort_by(f64::total_cmp);
-    let q = |p| reskflow_bench::quantile(&samples, p);
-    println!(
-        "RESULT streams={} changes={} deliveries={} missing={} p50_ms={:.2} p90_ms={:.2} p99_ms={:.2} max_ms={:.2}",
-        args.streams,
-        args.changes,
-        samples.len(),
-        expected - samples.len(),
-        q(0.5),
-        q(0.9),
-        q(0.99),
-        samples.last().copied().unwrap_or(f64::NAN)
-    );
+    reskflow_bench::report_fanout(&mut rx, args.streams, args.changes).await;
     Ok(())
 }
