@@ -40,14 +40,14 @@ impl Store {
     }
 
     /// Writes the rows of the clients a replica holds (new ones, changed ones, and `last_seen_ms`
-    /// of all), in one transaction of multi-row upserts.
+    /// of all), as multi-row upserts of up to 100 rows, each its own transaction: on SQLite, with
+    /// one writer, a registry write never waits for more than one small batch of these.
     pub async fn upsert_clients(&self, rows: &[ClientRow]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
-        let _gate = self.gate().await;
-        let mut tx = self.pool.begin().await?;
-        for chunk in rows.chunks(400) {
+        for chunk in rows.chunks(100) {
+            let _gate = self.gate().await;
             let values = (0..chunk.len())
                 .map(|r| format!("({})", (1..=13).map(|c| format!("${}", r * 13 + c)).collect::<Vec<_>>().join(", ")))
                 .collect::<Vec<_>>()
@@ -79,9 +79,8 @@ impl Store {
                     .bind(r.last_seen_ms)
                     .bind(&r.breakers_json);
             }
-            query.execute(&mut *tx).await?;
+            query.execute(&self.pool).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
