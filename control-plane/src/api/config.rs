@@ -1,8 +1,9 @@
 //! `reskflow.config.v1.Config`: the stream that keeps data planes configured. Per client, a task
 //! reads its hello, sends its config at once and again whenever the registry moves and the config
 //! differs, and notes its ACKs, NACKs and breaker reports in this replica's book of clients; the
-//! book is written to the store once a second in one transaction (so any replica can list every
-//! client, and a burst of ACKs after a change costs one write, not one per client).
+//! book is written to the store in bulk (new clients and NACKs within a second, versions and reports
+//! within five), so any replica can list every client and a burst of ACKs after a change costs one
+//! bulk write, not one per client.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -31,8 +32,11 @@ const SEEN_WITHIN: Duration = Duration::from_secs(30);
 /// Services one client may ask for.
 const MAX_WANTED: usize = 10_000;
 
-/// How often the book of clients is written to the store.
+/// How soon a new client or a NACK reaches the store.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How soon versions sent and acked and breaker reports reach the store: they change on every
+/// registry change for every client, and only feed `ListClients`, so they are written in bulk.
+const FLUSH_ROUTINE_EVERY: Duration = Duration::from_secs(5);
 /// Rows of connected clients are refreshed at least this often even when nothing changed.
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
 
@@ -40,17 +44,36 @@ const REFRESH_EVERY: Duration = Duration::from_secs(10);
 /// `.await`.
 #[derive(Default)]
 struct Book {
-    clients: Mutex<(HashMap<String, ClientRow>, bool)>,
+    clients: Mutex<Pages>,
+}
+
+#[derive(Default)]
+struct Pages {
+    rows: HashMap<String, ClientRow>,
+    /// Something to write within `FLUSH_EVERY` (a new client, a NACK).
+    urgent: bool,
+    /// Something to write within `FLUSH_ROUTINE_EVERY`.
+    dirty: bool,
 }
 
 impl Book {
-    fn update(&self, node: &str, f: impl FnOnce(&mut ClientRow)) {
-        let mut guard = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let (clients, dirty) = &mut *guard;
-        if let Some(row) = clients.get_mut(node) {
+    fn update(&self, node: &str, urgent: bool, f: impl FnOnce(&mut ClientRow)) {
+        let mut pages = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(row) = pages.rows.get_mut(node) {
             f(row);
-            *dirty = true;
+            pages.dirty = true;
+            pages.urgent |= urgent;
         }
+    }
+
+    fn insert(&self, row: ClientRow) {
+        let mut pages = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        pages.rows.insert(row.node_id.clone(), row);
+        pages.urgent = true;
+    }
+
+    fn remove(&self, node: &str) {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).rows.remove(node);
     }
 
     /// Writes the rows when something changed (or to refresh them); runs until the process ends.
@@ -59,14 +82,17 @@ impl Book {
         loop {
             tokio::time::sleep(FLUSH_EVERY).await;
             let rows: Vec<ClientRow> = {
-                let mut guard = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-                let (clients, dirty) = &mut *guard;
-                if !*dirty && last_write.elapsed() < REFRESH_EVERY {
+                let mut pages = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+                let since = last_write.elapsed();
+                let due = pages.urgent || (pages.dirty && since >= FLUSH_ROUTINE_EVERY) || since >= REFRESH_EVERY;
+                if !due {
                     continue;
                 }
-                *dirty = false;
+                pages.urgent = false;
+                pages.dirty = false;
                 let now = now_ms();
-                clients
+                pages
+                    .rows
                     .values_mut()
                     .map(|r| {
                         r.last_seen_ms = now;
@@ -77,7 +103,7 @@ impl Book {
             last_write = tokio::time::Instant::now();
             if let Err(err) = store.upsert_clients(&rows).await {
                 warn!(error = %err, clients = rows.len(), "cannot record the data-plane clients");
-                self.clients.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+                self.clients.lock().unwrap_or_else(|e| e.into_inner()).urgent = true;
             }
         }
     }
@@ -275,11 +301,7 @@ impl Client {
             breakers_json: "{}".into(),
             ..ClientRow::default()
         };
-        {
-            let mut guard = self.book.clients.lock().unwrap_or_else(|e| e.into_inner());
-            guard.0.insert(node.clone(), row);
-            guard.1 = true;
-        }
+        self.book.insert(row);
         info!(services = self.hello.services.len(), all = self.hello.all_services, "data plane connected");
         let wanted = Wanted { all: self.hello.all_services, services: self.hello.services.clone() };
         let mut versions = self.registry.versions();
@@ -293,7 +315,7 @@ impl Client {
                     break;
                 }
                 debug!(version = built.version, "config sent");
-                self.book.update(&node, |r| r.sent_version = built.version);
+                self.book.update(&node, false, |r| r.sent_version = built.version);
                 last_sent = Some(built.services.clone());
             }
             tokio::select! {
@@ -309,7 +331,7 @@ impl Client {
                 _ = self.tx.closed() => break,
             }
         }
-        self.book.clients.lock().unwrap_or_else(|e| e.into_inner()).0.remove(&node);
+        self.book.remove(&node);
         if let Err(err) = store.client_disconnected(&node, &self.control_plane).await {
             warn!(error = %err, "cannot forget the client");
         }
@@ -320,10 +342,10 @@ impl Client {
         use pb::stream_request::Kind;
         let node = self.hello.node_id.as_str();
         match request.kind {
-            Some(Kind::Ack(ack)) => self.book.update(node, |r| r.acked_version = ack.version),
+            Some(Kind::Ack(ack)) => self.book.update(node, false, |r| r.acked_version = ack.version),
             Some(Kind::Nack(nack)) => {
                 warn!(version = nack.version, error = %nack.error, "data plane refused a config");
-                self.book.update(node, |r| {
+                self.book.update(node, true, |r| {
                     r.nacked_version = nack.version;
                     r.nack_error = nack.error.chars().take(2_000).collect();
                 });
@@ -335,7 +357,7 @@ impl Client {
                     warn!("ignored a breaker report that is not JSON or too large");
                     return;
                 }
-                self.book.update(node, |r| r.breakers_json = report.breakers_json);
+                self.book.update(node, false, |r| r.breakers_json = report.breakers_json);
             }
             Some(Kind::Hello(_)) | None => {}
         }
