@@ -102,21 +102,24 @@ impl Proxy {
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let Some((service, path)) = route(&req, &self.upstreams, &self.default_upstream) else {
-            return json_error(
-                StatusCode::NOT_FOUND,
-                "no upstream named by the Host header or the first path segment",
-                "",
-                None,
-            );
-        };
-        let Some(upstream) = self.upstreams.get(service.as_ref()) else {
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the sidecar has no config for this service (is it in UPSTREAMS and registered?)",
-                &service,
-                None,
-            );
+        let (upstream, path) = match route(&req, &self.upstreams, &self.default_upstream) {
+            Route::To(upstream, path) => (upstream, path),
+            Route::Unknown(service) => {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the sidecar has no config for this service (is it in UPSTREAMS and registered?)",
+                    &service,
+                    None,
+                )
+            }
+            Route::Nowhere => {
+                return json_error(
+                    StatusCode::NOT_FOUND,
+                    "no upstream named by the Host header or the first path segment",
+                    "",
+                    None,
+                )
+            }
         };
         upstream.stats.requests.fetch_add(1, Ordering::Relaxed);
         let now = clock::now_ms();
@@ -320,40 +323,50 @@ fn breaker_open(upstream: &Upstream, rejected: Rejected) -> Response<ProxyBody> 
     response
 }
 
-/// Which upstream a request names, and the path to send (None: the request's, unchanged):
-/// `Host: <service>[:port]`, else the first path segment (removed from the path), else the default
-/// upstream.
-fn route<'r>(
-    req: &'r Request<Incoming>,
-    upstreams: &Upstreams,
-    default: &'r str,
-) -> Option<(std::borrow::Cow<'r, str>, Option<String>)> {
-    use std::borrow::Cow;
+/// Where a request goes.
+enum Route {
+    /// To this upstream, with this path (None: the request's, unchanged).
+    To(Arc<Upstream>, Option<String>),
+    /// The first path segment names a service this sidecar has no config for.
+    Unknown(String),
+    /// Nothing names a service and there is no default upstream.
+    Nowhere,
+}
+
+/// Which upstream a request names: `Host: <service>[:port]`, else the first path segment (removed
+/// from the path), else the default upstream. Each candidate is looked up once.
+fn route(req: &Request<Incoming>, upstreams: &Upstreams, default: &str) -> Route {
     let host = req.uri().host().or_else(|| {
         req.headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name))
     });
-    if let Some(host) = host {
-        if upstreams.get(host).is_some() {
-            return Some((Cow::Borrowed(host), None));
-        }
+    if let Some(upstream) = host.and_then(|h| upstreams.get(h)) {
+        return Route::To(upstream, None);
     }
     let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let rest = path_and_query.strip_prefix('/').unwrap_or(path_and_query);
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let service = &rest[..end];
-    let named = !service.is_empty() && upstreams.get(service).is_some();
-    if !named && !default.is_empty() {
-        return Some((Cow::Borrowed(default), None));
+    if !service.is_empty() {
+        if let Some(upstream) = upstreams.get(service) {
+            let tail = &rest[end..];
+            let path = if tail.starts_with('/') { tail.to_string() } else { format!("/{tail}") };
+            return Route::To(upstream, Some(path));
+        }
+    }
+    if !default.is_empty() {
+        return match upstreams.get(default) {
+            Some(upstream) => Route::To(upstream, None),
+            None => Route::Unknown(default.to_string()),
+        };
     }
     if service.is_empty() {
-        return None;
+        Route::Nowhere
+    } else {
+        Route::Unknown(service.to_string())
     }
-    let tail = &rest[end..];
-    let path = if tail.starts_with('/') { tail.to_string() } else { format!("/{tail}") };
-    Some((Cow::Borrowed(service), Some(path)))
 }
 
 fn is_safe(method: &Method, headers: &HeaderMap) -> bool {

@@ -103,10 +103,6 @@ impl Upstreams {
         self.table.load().config.version
     }
 
-    pub fn loaded(&self) -> bool {
-        !self.table.load().source.is_empty()
-    }
-
     /// Checks and installs a config; Err (the reason, for a NACK) leaves the current one in place.
     pub fn apply(&self, config: DataPlaneConfig, source: &'static str) -> Result<(), String> {
         let problems = config.problems();

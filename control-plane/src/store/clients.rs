@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{Backend, Store, StoreError};
+use super::{values, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClientRow {
@@ -31,14 +31,6 @@ fn signed(v: u64) -> i64 {
 }
 
 impl Store {
-    /// Writes outside a transaction: on SQLite they queue on the writer gate like the others.
-    async fn gate(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match self.backend {
-            Backend::Sqlite => Some(self.write_gate.lock().await),
-            Backend::Postgres => None,
-        }
-    }
-
     /// Writes the rows of the clients a replica holds (new ones, changed ones, and `last_seen_ms`
     /// of all), as multi-row upserts of up to 100 rows, each its own transaction: on SQLite, with
     /// one writer, a registry write never waits for more than one small batch of these.
@@ -47,11 +39,8 @@ impl Store {
             return Ok(());
         }
         for chunk in rows.chunks(100) {
-            let _gate = self.gate().await;
-            let values = (0..chunk.len())
-                .map(|r| format!("({})", (1..=13).map(|c| format!("${}", r * 13 + c)).collect::<Vec<_>>().join(", ")))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let _gate = self.sqlite_gate().await;
+            let values = values(chunk.len(), 13, 1);
             let sql = format!(
                 "INSERT INTO dataplane_clients (node_id, role, service_id, region, zone, sent_version, acked_version, \
                  nacked_version, nack_error, control_plane, connected_at_ms, last_seen_ms, breakers_json) VALUES {values} \
@@ -86,7 +75,7 @@ impl Store {
 
     /// The client's stream ended: its row goes, unless another replica holds it by now.
     pub async fn client_disconnected(&self, node_id: &str, control_plane: &str) -> Result<(), StoreError> {
-        let _gate = self.gate().await;
+        let _gate = self.sqlite_gate().await;
         sqlx::query("DELETE FROM dataplane_clients WHERE node_id = $1 AND control_plane = $2")
             .bind(node_id)
             .bind(control_plane)
@@ -128,7 +117,7 @@ impl Store {
 
     /// Drops rows not refreshed since `before_ms` (left by replicas that died).
     pub async fn forget_clients(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let _gate = self.gate().await;
+        let _gate = self.sqlite_gate().await;
         let done = sqlx::query("DELETE FROM dataplane_clients WHERE last_seen_ms < $1")
             .bind(before_ms)
             .execute(&self.pool)

@@ -185,6 +185,38 @@ impl Store {
     }
 }
 
+impl Store {
+    /// SQLite has one writer: in-process writers queue here (None on PostgreSQL, where writers only
+    /// lock the rows they touch). Hold the guard until the write commits.
+    pub(super) async fn sqlite_gate(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.write_gate.lock().await),
+            Backend::Postgres => None,
+        }
+    }
+}
+
+/// `($1, $2), ($3, $4)` for `rows` rows of `cols` columns, numbering from `first`.
+pub(super) fn values(rows: usize, cols: usize, first: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("${}", first + r * cols + c));
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// `$1, $2, ...` for a list of `n`, numbering from `first`.
+pub(super) fn list(n: usize, first: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
 pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

@@ -14,7 +14,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::MutexGuard;
 
-use super::{now_ms, Backend, Store, StoreError};
+use super::{list, now_ms, values, Backend, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredDefinition {
@@ -179,27 +179,6 @@ const INSTANCE_COLUMNS: &str =
 /// Rows per multi-row statement: well under SQLite's 32,766 and PostgreSQL's 65,535 parameters.
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// `($1, $2), ($3, $4)` for `rows` rows of `cols` columns, numbering from `first`.
-fn values(rows: usize, cols: usize, first: usize) -> String {
-    let mut out = String::with_capacity(rows * cols * 5);
-    for r in 0..rows {
-        out.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..cols {
-            if c > 0 {
-                out.push_str(", ");
-            }
-            out.push_str(&format!("${}", first + r * cols + c));
-        }
-        out.push(')');
-    }
-    out
-}
-
-/// `$1, $2, ...` for a list of `n`, numbering from `first`.
-fn list(n: usize, first: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
-}
-
 async fn insert_tasks(tx: &mut Transaction<'_, Any>, tasks: &[(&str, &NewTask)]) -> Result<(), StoreError> {
     for chunk in tasks.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
@@ -250,10 +229,7 @@ impl Store {
     async fn begin_workflow_write(
         &self,
     ) -> Result<(Option<MutexGuard<'_, ()>>, Transaction<'static, Any>), StoreError> {
-        let gate = match self.backend {
-            Backend::Sqlite => Some(self.write_gate.lock().await),
-            Backend::Postgres => None,
-        };
+        let gate = self.sqlite_gate().await;
         Ok((gate, self.pool.begin().await?))
     }
 
@@ -447,10 +423,7 @@ impl Store {
         let now = now_ms();
         let until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
         let lock = if self.backend == Backend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
-        let _gate = match self.backend {
-            Backend::Sqlite => Some(self.write_gate.lock().await),
-            Backend::Postgres => None,
-        };
+        let _gate = self.sqlite_gate().await;
         // One statement is its own transaction: one round trip.
         let rows = sqlx::query(&format!(
             "UPDATE workflow_tasks SET lease_owner = $1, lease_until_ms = $2 + hold_ms WHERE id IN \
@@ -483,7 +456,8 @@ impl Store {
         Ok(out)
     }
 
-    /// When the next task falls due (for the worker's sleep), if any is queued and unleased.
+    /// When the next unleased task falls due, if any is queued (tests check what is left queued).
+    #[cfg(test)]
     pub async fn next_task_due_ms(&self) -> Result<Option<i64>, StoreError> {
         let due: Option<i64> =
             sqlx::query_scalar("SELECT MIN(run_at_ms) FROM workflow_tasks WHERE lease_until_ms < $1")
