@@ -12,4 +12,12 @@ pub mod template;
 pub mod value;
 
 pub use expr::{Expr, ExprError, Scope, Vars};
+
+/// What gateway transform templates may use: the verified caller's `claims`, the route's path
+/// `params`, the request's `headers` and `query`, its JSON `body`, `request` (`method`, `path`,
+/// `ip`, `routeId`) and, in response transforms, `response` (`status`, `headers`, `body`).
+pub const GATEWAY_SCOPE: Scope = Scope {
+    variables: &["claims", "params", "headers", "query", "body", "request", "response"],
+    keyed: &["headers", "params", "query"],
+};
 pub use template::Template;

@@ -7,6 +7,9 @@
 //! - `breaker`: lock-free circuit breakers with resilience4j's semantics.
 //! - `health::outlier`: passive outlier detection and ejection, as Envoy's.
 //! - `clock`: the cheap monotonic millisecond clock they share.
+//! - `client`: HTTP/1.1 connections pooled per endpoint.
+//! - `retry_budget`: the lock-free retry budget.
+//! - `routing`: gateway route matching (path normalization, most specific route).
 //!
 //! The sidecar binary:
 //!
@@ -21,11 +24,14 @@
 pub mod admin;
 pub mod balance;
 pub mod breaker;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod config_watch;
 pub mod health;
 pub mod proxy;
 pub mod registration;
+pub mod retry_budget;
+pub mod routing;
 pub mod run;
 pub mod upstreams;

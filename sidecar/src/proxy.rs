@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -23,17 +23,27 @@ use hyper_util::server::conn::auto;
 use reskflow_proto::policy::{FailureKind, Fallback};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::retry::budget::Budget;
 use tracing::{debug, warn};
 
 use crate::balance::PickContext;
 use crate::breaker::{Outcome, Rejected};
+use crate::client::{self, PooledBody, RequestBody};
 use crate::clock;
 use crate::health::outlier::Answer;
 use crate::upstreams::{Upstream, Upstreams};
 
-type UpstreamBody = Either<Incoming, Empty<Bytes>>;
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// An upstream's response body: HTTP/1.1 from the endpoint's pool, or HTTP/2.
+pub type UpstreamBody = Either<PooledBody, Incoming>;
+/// What the proxy answers: the upstream's body streamed through, or one it made (errors, fallbacks).
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+
+#[derive(Debug, thiserror::Error)]
+enum SendFailure {
+    #[error(transparent)]
+    Http1(client::SendError),
+    #[error(transparent)]
+    Legacy(hyper_util::client::legacy::Error),
+}
 
 /// Headers that belong to one connection, not to the request (RFC 9110 7.6.1).
 const HOP_BY_HOP: [HeaderName; 6] = [
@@ -52,8 +62,8 @@ pub struct Proxy {
     upstreams: Arc<Upstreams>,
     /// Where requests that name no upstream go (path unchanged); empty: nowhere (404).
     default_upstream: String,
-    http1: Client<HttpConnector, UpstreamBody>,
-    http2: Client<HttpConnector, UpstreamBody>,
+    /// HTTP/2 (gRPC) upstreams; HTTP/1.1 goes through each endpoint's own pool (`client`).
+    http2: Client<HttpConnector, RequestBody>,
 }
 
 impl Proxy {
@@ -61,12 +71,8 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
-        Proxy { upstreams, default_upstream, http1, http2 }
+        Proxy { upstreams, default_upstream, http2 }
     }
 
     /// Serves the outbound port until `shutdown`, then lets open requests finish (bounded).
@@ -148,20 +154,37 @@ impl Proxy {
     ) -> (Response<ProxyBody>, Outcome) {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::HOST);
         if !parts.headers.contains_key(&TRACEPARENT) {
             parts.headers.insert(TRACEPARENT, traceparent());
         }
         let policy = &upstream.policy;
         let retry = &policy.retry;
+        let http2 = parts.version == Version::HTTP_2;
         // Only a request without a body can be sent again as it was.
         let replayable = retries && body.is_end_stream() && is_safe(&parts.method, &parts.headers);
         let attempts = if replayable { retry.max_attempts.max(1) } else { 1 };
+        let now = clock::now_ms();
         if replayable {
-            upstream.budget.deposit();
+            upstream.budget.deposit(now);
         }
         let per_try = retry.per_try_timeout.unwrap_or_else(|| policy.timeout());
         let hash_key = policy.load_balancer.hash_header.as_ref().and_then(|h| parts.headers.get(h.as_str()).cloned());
-        let client = if parts.version == Version::HTTP_2 { &self.http2 } else { &self.http1 };
+        let path_and_query = match path {
+            Some(p) => match PathAndQuery::try_from(p) {
+                Ok(pq) => pq,
+                Err(_) => {
+                    let response = json_error(
+                        StatusCode::BAD_REQUEST,
+                        "the request path is not a valid URI",
+                        &upstream.service,
+                        None,
+                    );
+                    return (response, Outcome::Success);
+                }
+            },
+            None => parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
+        };
         let mut body = Some(body);
         let mut attempt = 0;
         loop {
@@ -174,46 +197,45 @@ impl Proxy {
                     json_error(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint", &upstream.service, None);
                 return (response, Outcome::Failure(FailureKind::ConnectError));
             };
-            let mut uri_parts = http::uri::Parts::default();
-            uri_parts.scheme = endpoint.uri_scheme.clone();
-            uri_parts.authority = endpoint.uri_authority.clone();
-            uri_parts.path_and_query = match path {
-                Some(p) => PathAndQuery::try_from(p).ok(),
-                None => parts.uri.path_and_query().cloned().or_else(|| Some(PathAndQuery::from_static("/"))),
+            // HTTP/1.1 goes out in origin form on a pooled connection; HTTP/2 needs the full URI.
+            let uri = if http2 {
+                let mut uri_parts = http::uri::Parts::default();
+                uri_parts.scheme = endpoint.uri_scheme.clone();
+                uri_parts.authority = endpoint.uri_authority.clone();
+                uri_parts.path_and_query = Some(path_and_query.clone());
+                Uri::from_parts(uri_parts).ok()
+            } else {
+                Some(Uri::from(path_and_query.clone()))
             };
-            let uri = match Uri::from_parts(uri_parts) {
-                Ok(uri) => uri,
-                Err(_) => {
-                    let response = json_error(
-                        StatusCode::BAD_REQUEST,
-                        "the request path is not a valid URI",
-                        &upstream.service,
-                        None,
-                    );
-                    return (response, Outcome::Success);
-                }
+            let Some(uri) = uri else {
+                let response = json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "the endpoint's address is not a valid URI authority",
+                    &upstream.service,
+                    Some(&endpoint.spec.id),
+                );
+                return (response, Outcome::Failure(FailureKind::ConnectError));
             };
-            let mut request = Request::builder()
-                .method(parts.method.clone())
-                .uri(uri)
-                .version(if parts.version == Version::HTTP_2 { Version::HTTP_2 } else { Version::HTTP_11 });
-            if let Some(headers) = request.headers_mut() {
-                // A request sent once takes the headers; one that may be retried keeps a copy.
-                *headers = if replayable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
-                headers.remove(header::HOST);
-            }
-            let request_body = match body.take() {
+            let mut request = Request::new(match body.take() {
                 Some(b) if !replayable => Either::Left(b),
-                _ => Either::Right(Empty::new()),
-            };
-            let Ok(request) = request.body(request_body) else {
-                let response =
-                    json_error(StatusCode::BAD_REQUEST, "the request cannot be forwarded", &upstream.service, None);
-                return (response, Outcome::Success);
-            };
+                _ => Either::Right(Full::new(Bytes::new())),
+            });
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = uri;
+            *request.version_mut() = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+            // A request sent once takes the headers; one that may be retried keeps a copy.
+            *request.headers_mut() =
+                if replayable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
             endpoint.start();
             let started = clock::now_ns();
-            let result = tokio::time::timeout(per_try, client.request(request)).await;
+            let result = tokio::time::timeout(per_try, async {
+                if http2 {
+                    self.http2.request(request).await.map(|r| r.map(Either::Right)).map_err(SendFailure::Legacy)
+                } else {
+                    client::send(&endpoint, request).await.map(|r| r.map(Either::Left)).map_err(SendFailure::Http1)
+                }
+            })
+            .await;
             let done = clock::now_ms();
             endpoint.finish(Duration::from_nanos(clock::now_ns().saturating_sub(started)), done);
             let (answer, failure) = match &result {
@@ -230,7 +252,7 @@ impl Proxy {
             }
             let again = failure.is_some_and(|kind| kind != FailureKind::ClientError && retry.retry_on.contains(&kind))
                 && attempt < attempts
-                && upstream.budget.withdraw();
+                && upstream.budget.withdraw(done);
             if again {
                 upstream.stats.retries.fetch_add(1, Ordering::Relaxed);
                 continue;

@@ -6,17 +6,16 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use reskflow_proto::dataplane::DataPlaneConfig;
 use reskflow_proto::policy::TrafficPolicy;
 use serde::Serialize;
-use tower::retry::budget::TpsBudget;
 
 use crate::balance::{Balancer, Locality};
 use crate::breaker::{Breaker, Metrics};
 use crate::health::outlier::OutlierDetector;
+use crate::retry_budget::RetryBudget;
 
 /// Counters of one upstream since the sidecar started.
 #[derive(Debug, Default, Serialize)]
@@ -54,7 +53,7 @@ pub struct Upstream {
     pub balancer: Balancer,
     pub breaker: Arc<Breaker>,
     pub outlier: OutlierDetector,
-    pub budget: Arc<TpsBudget>,
+    pub budget: Arc<RetryBudget>,
     pub stats: Arc<Stats>,
     breaker_reset: u64,
 }
@@ -81,9 +80,9 @@ pub struct Upstreams {
     stats: Mutex<HashMap<String, Arc<Stats>>>,
 }
 
-fn budget(policy: &TrafficPolicy) -> TpsBudget {
+fn budget(policy: &TrafficPolicy) -> RetryBudget {
     let r = &policy.retry;
-    TpsBudget::new(Duration::from_secs(10), r.min_retries_per_second, r.budget_percent / 100.0)
+    RetryBudget::new(f64::from(r.budget_percent) / 100.0, r.min_retries_per_second)
 }
 
 impl Upstreams {

@@ -35,6 +35,8 @@ fn describe(event: &WatchEvent) -> String {
         Event::InstanceUpserted(i) => format!("instance+ {}", i.id),
         Event::InstanceDeleted(i) => format!("instance- {}", i.id),
         Event::BreakerReset(id) => format!("reset {id}"),
+        Event::RouteUpsertedJson(r) => format!("route+ {r}"),
+        Event::RouteDeleted(id) => format!("route- {id}"),
     }
 }
 

@@ -90,8 +90,9 @@ struct Inner {
 impl Registry {
     /// Loads the registry from the store. Run [`sync::run`] beside it to follow later changes.
     pub async fn load(store: Store) -> Result<Self, RegistryError> {
-        let (services, instances, version) = store.load_registry().await?;
-        let state = RegistryState::from_snapshot(services, instances, version);
+        let snapshot = store.load_registry().await?;
+        let version = snapshot.version;
+        let state = RegistryState::from_snapshot(snapshot);
         let (version_tx, _) = watch::channel(version);
         let (feed, _) = broadcast::channel(8192);
         Ok(Registry {

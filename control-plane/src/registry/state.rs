@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use reskflow_proto::registry::{Change, HealthSummary, Instance, Service, ServiceSummary};
 
-use crate::store::ChangeRecord;
+use reskflow_proto::route::Route;
+
+use crate::store::{ChangeRecord, Snapshot};
 
 #[derive(Debug)]
 pub struct ServiceEntry {
@@ -51,19 +53,22 @@ pub struct RegistryState {
     /// The version of the last change applied.
     pub version: u64,
     pub services: BTreeMap<String, ServiceEntry>,
+    /// Gateway routes by id.
+    pub routes: BTreeMap<String, Arc<Route>>,
     /// Instance id -> service id.
     owners: HashMap<String, String>,
 }
 
 impl RegistryState {
-    pub fn from_snapshot(services: Vec<Service>, instances: Vec<Instance>, version: u64) -> Self {
-        let mut state = RegistryState { version, ..Default::default() };
-        for service in services {
+    pub fn from_snapshot(snapshot: Snapshot) -> Self {
+        let mut state = RegistryState { version: snapshot.version, ..Default::default() };
+        for service in snapshot.services {
             state.services.insert(service.id.clone(), ServiceEntry::new(service));
         }
-        for instance in instances {
+        for instance in snapshot.instances {
             state.put_instance(instance);
         }
+        state.routes = snapshot.routes.into_iter().map(|r| (r.id.clone(), Arc::new(r))).collect();
         state
     }
 
@@ -99,6 +104,12 @@ impl RegistryState {
                 if let Some(entry) = self.services.get_mut(id) {
                     entry.breaker_reset = record.seq;
                 }
+            }
+            Change::RouteUpserted(route) => {
+                self.routes.insert(route.id.clone(), Arc::new(route.clone()));
+            }
+            Change::RouteDeleted(id) => {
+                self.routes.remove(id);
             }
         }
         true

@@ -53,10 +53,10 @@ impl Registry {
         if compacted <= self.version() {
             return Ok(());
         }
-        let (services, instances, version) = self.inner.store.load_registry().await?;
+        let snapshot = self.inner.store.load_registry().await?;
+        let version = snapshot.version;
         info!(from = self.version(), to = version, "registry log compacted past this replica; reloaded");
-        *self.inner.state.write().unwrap_or_else(|e| e.into_inner()) =
-            RegistryState::from_snapshot(services, instances, version);
+        *self.inner.state.write().unwrap_or_else(|e| e.into_inner()) = RegistryState::from_snapshot(snapshot);
         let _ = self.inner.feed.send(Feed::Reset);
         self.inner.version.send_replace(version);
         Ok(())

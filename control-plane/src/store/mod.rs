@@ -23,7 +23,7 @@ use sqlx::{AnyPool, Executor};
 use tokio::sync::Notify;
 
 pub use clients::ClientRow;
-pub use registry::{ChangeRecord, Mutation};
+pub use registry::{ChangeRecord, Mutation, Snapshot};
 pub use workflow::{
     Commit, Committed, InstanceRow, NewInstance, NewTask, Stored, StoredDefinition, Task, TaskKind, Transition,
 };

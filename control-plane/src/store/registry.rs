@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use prost::Message;
 use reskflow_proto::pb::registry::v1 as pb;
 use reskflow_proto::registry::{Change, Instance, Service};
+use reskflow_proto::route::Route;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use tokio::sync::MutexGuard;
@@ -29,6 +30,18 @@ pub enum Mutation {
     DeleteInstance(String),
     /// Resets the circuit breakers of calls to a service (only the change log records it).
     ResetBreaker(String),
+    /// Creates or replaces gateway routes, all or none.
+    PutRoutes(Vec<Route>),
+    DeleteRoute(String),
+}
+
+/// The registry as stored at one version.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub services: Vec<Service>,
+    pub instances: Vec<Instance>,
+    pub routes: Vec<Route>,
+    pub version: u64,
 }
 
 /// A committed change and the registry version it produced.
@@ -58,6 +71,14 @@ fn decode_instance(what: &str, bytes: &[u8]) -> Result<Instance, StoreError> {
     Instance::try_from(message).map_err(|e| corrupt(e.to_string()))
 }
 
+fn decode_route(what: &str, bytes: &[u8]) -> Result<Route, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { what: what.to_string(), why: e.to_string() })
+}
+
+fn encode_route(r: &Route) -> Vec<u8> {
+    serde_json::to_vec(r).unwrap_or_default()
+}
+
 fn seq_of(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
@@ -75,6 +96,8 @@ fn decode_change(row: &AnyRow) -> Result<ChangeRecord, StoreError> {
         "instance_upserted" => Change::InstanceUpserted(decode_instance(&what, body()?)?),
         "instance_deleted" => Change::InstanceDeleted(decode_instance(&what, body()?)?),
         "breaker_reset" => Change::BreakerReset(entity_id),
+        "route_upserted" => Change::RouteUpserted(decode_route(&what, body()?)?),
+        "route_deleted" => Change::RouteDeleted(entity_id),
         other => return Err(StoreError::Corrupt { what, why: format!("unknown kind {other}") }),
     };
     Ok(ChangeRecord { seq: seq_of(seq), change })
@@ -87,6 +110,8 @@ async fn append_change(tx: &mut Transaction<'_, Any>, change: &Change, now: i64)
         Change::InstanceUpserted(i) => ("instance_upserted", i.id.as_str(), Some(encode_instance(i))),
         Change::InstanceDeleted(i) => ("instance_deleted", i.id.as_str(), Some(encode_instance(i))),
         Change::BreakerReset(id) => ("breaker_reset", id.as_str(), None),
+        Change::RouteUpserted(r) => ("route_upserted", r.id.as_str(), Some(encode_route(r))),
+        Change::RouteDeleted(id) => ("route_deleted", id.as_str(), None),
     };
     let seq: i64 = sqlx::query_scalar(
         "INSERT INTO registry_changes (kind, entity_id, body, created_at_ms) VALUES ($1, $2, $3, $4) RETURNING seq",
@@ -137,8 +162,8 @@ impl Store {
         Ok(records)
     }
 
-    /// Every service and instance, and the version they are at, read in one snapshot.
-    pub async fn load_registry(&self) -> Result<(Vec<Service>, Vec<Instance>, u64), StoreError> {
+    /// Every service, instance and gateway route, and the version they are at, read in one snapshot.
+    pub async fn load_registry(&self) -> Result<Snapshot, StoreError> {
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
@@ -156,8 +181,13 @@ impl Store {
             let id: String = row.try_get("id")?;
             instances.push(decode_instance(&format!("instance {id}"), &row.try_get::<Vec<u8>, _>("body")?)?);
         }
+        let mut routes = Vec::new();
+        for row in sqlx::query("SELECT id, body FROM gateway_routes ORDER BY id").fetch_all(&mut *tx).await? {
+            let id: String = row.try_get("id")?;
+            routes.push(decode_route(&format!("route {id}"), &row.try_get::<Vec<u8>, _>("body")?)?);
+        }
         tx.commit().await?;
-        Ok((services, instances, seq_of(version).max(compacted)))
+        Ok(Snapshot { services, instances, routes, version: seq_of(version).max(compacted) })
     }
 
     /// Changes after `after`, oldest first, at most `limit`.
@@ -325,6 +355,29 @@ async fn write_rows(tx: &mut Transaction<'_, Any>, mutation: Mutation, now: i64)
                 return Err(StoreError::NotFound { kind: "service", id });
             }
             Ok(vec![Change::BreakerReset(id)])
+        }
+        Mutation::PutRoutes(routes) => {
+            let mut changes = Vec::with_capacity(routes.len());
+            for route in routes {
+                sqlx::query(
+                    "INSERT INTO gateway_routes (id, body, updated_at_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (id) DO UPDATE SET body = excluded.body, updated_at_ms = excluded.updated_at_ms",
+                )
+                .bind(&route.id)
+                .bind(encode_route(&route))
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                changes.push(Change::RouteUpserted(route));
+            }
+            Ok(changes)
+        }
+        Mutation::DeleteRoute(id) => {
+            let deleted = sqlx::query("DELETE FROM gateway_routes WHERE id = $1").bind(&id).execute(&mut **tx).await?;
+            if deleted.rows_affected() == 0 {
+                return Err(StoreError::NotFound { kind: "route", id });
+            }
+            Ok(vec![Change::RouteDeleted(id)])
         }
     }
 }

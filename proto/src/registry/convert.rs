@@ -532,6 +532,8 @@ impl From<Change> for pb::watch_event::Event {
             Change::InstanceUpserted(i) => Event::InstanceUpserted(i.into()),
             Change::InstanceDeleted(i) => Event::InstanceDeleted(i.into()),
             Change::BreakerReset(id) => Event::BreakerReset(id),
+            Change::RouteUpserted(r) => Event::RouteUpsertedJson(serde_json::to_string(&r).unwrap_or_default()),
+            Change::RouteDeleted(id) => Event::RouteDeleted(id),
         }
     }
 }

@@ -449,15 +449,22 @@ pub enum Change {
     InstanceDeleted(Instance),
     /// An operator reset the circuit breakers of calls to this service, everywhere.
     BreakerReset(String),
+    /// A gateway route was created or replaced.
+    RouteUpserted(crate::route::Route),
+    /// A gateway route was deleted (its id).
+    RouteDeleted(String),
 }
 
 impl Change {
-    /// The service the change belongs to (for watch filters).
+    /// The service the change belongs to (for watch filters); a route's is the service it targets,
+    /// and a deleted route's is unknown (empty).
     pub fn service_id(&self) -> &str {
         match self {
             Change::ServiceUpserted(s) => &s.id,
             Change::ServiceDeleted(id) | Change::BreakerReset(id) => id,
             Change::InstanceUpserted(i) | Change::InstanceDeleted(i) => &i.service_id,
+            Change::RouteUpserted(r) => &r.service_id,
+            Change::RouteDeleted(_) => "",
         }
     }
 }

@@ -24,6 +24,10 @@ pub struct Endpoint {
     pub uri_authority: Option<http::uri::Authority>,
     /// The instance id as a header value (for `x-reskflow-endpoint`).
     pub id_header: Option<http::HeaderValue>,
+    /// `Host` for requests to it.
+    pub host_header: Option<http::HeaderValue>,
+    /// Idle HTTP/1.1 connections to it.
+    pub pool: crate::client::Pool,
     in_flight: AtomicU32,
     /// f64 bits: the peak-EWMA latency in ns.
     rtt_ns: AtomicU64,
@@ -53,6 +57,8 @@ impl Endpoint {
             uri_scheme: http::uri::Scheme::try_from(spec.scheme.as_str()).ok(),
             uri_authority: http::uri::Authority::try_from(authority.as_str()).ok(),
             id_header: http::HeaderValue::from_str(&spec.id).ok(),
+            host_header: http::HeaderValue::from_str(&authority).ok(),
+            pool: crate::client::Pool::default(),
             spec,
             authority,
             in_flight: AtomicU32::new(0),
