@@ -22,6 +22,23 @@ const ENV_VARS: &[&str] = &[
     "ZONE",
     "LOG_FORMAT",
     "WORKER_THREADS",
+    "ROUTES_FILE",
+    "NODE_ID",
+    "CONFIG_CACHE",
+    "REPORT_INTERVAL",
+    "JWT_SECRET",
+    "JWT_JWKS_FILE",
+    "JWT_JWKS_URL",
+    "JWT_JWKS_REFRESH",
+    "JWT_ALGORITHMS",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "JWT_LEEWAY",
+    "ROLES_CLAIM",
+    "API_KEYS_FILE",
+    "API_KEY_HEADER",
+    "ADMIN_ROLE",
+    "TRUST_FORWARDED",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +64,39 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Async runtime worker threads; 0 = one per CPU.
     pub worker_threads: usize,
+    /// Routes (YAML or JSON: a list, or `{routes: [...]}`) stored in the control plane at start.
+    pub routes_file: String,
+    /// This gateway's name on the config stream; default `gateway-<hostname>-<port>`.
+    pub node_id: String,
+    /// Where the last config from the control plane is saved (routed from while it is away);
+    /// default `.reskflow-<node id>.json` in the working directory.
+    pub config_cache: String,
+    /// How often breaker metrics are reported to the control plane.
+    #[serde(with = "humantime_serde")]
+    pub report_interval: Duration,
+    /// HS256 secret; with it (or a JWKS) authentication is on.
+    pub jwt_secret: String,
+    pub jwt_jwks_file: String,
+    pub jwt_jwks_url: String,
+    #[serde(with = "humantime_serde")]
+    pub jwt_jwks_refresh: Duration,
+    /// Accepted `alg` values, comma separated; default HS256 with a secret, RS256 and ES256 with a JWKS.
+    pub jwt_algorithms: String,
+    /// Accepted `iss` values, comma separated; empty: not checked.
+    pub jwt_issuer: String,
+    /// Accepted `aud` values, comma separated; empty: not checked.
+    pub jwt_audience: String,
+    #[serde(with = "humantime_serde")]
+    pub jwt_leeway: Duration,
+    /// The claim holding the caller's roles (dotted path).
+    pub roles_claim: String,
+    /// API key consumers (YAML or JSON: `{consumers: [{id, roles, keys | keysSha256}]}`).
+    pub api_keys_file: String,
+    pub api_key_header: String,
+    /// The role the management API needs when authentication is on.
+    pub admin_role: String,
+    /// Take the client IP from `X-Forwarded-For` (the gateway is behind a trusted load balancer).
+    pub trust_forwarded: bool,
 }
 
 impl Default for Config {
@@ -65,6 +115,43 @@ impl Default for Config {
             zone: String::new(),
             log_format: LogFormat::Text,
             worker_threads: 0,
+            routes_file: String::new(),
+            node_id: String::new(),
+            config_cache: String::new(),
+            report_interval: Duration::from_secs(1),
+            jwt_secret: String::new(),
+            jwt_jwks_file: String::new(),
+            jwt_jwks_url: String::new(),
+            jwt_jwks_refresh: Duration::from_secs(600),
+            jwt_algorithms: String::new(),
+            jwt_issuer: String::new(),
+            jwt_audience: String::new(),
+            jwt_leeway: Duration::from_secs(5),
+            roles_claim: "roles".into(),
+            api_keys_file: String::new(),
+            api_key_header: "x-api-key".into(),
+            admin_role: "admin".into(),
+            trust_forwarded: false,
+        }
+    }
+}
+
+impl Config {
+    pub fn node(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        format!("gateway-{}-{}", if host.is_empty() { "host" } else { &host }, self.port)
+    }
+
+    pub fn cache_path(&self, node: &str) -> std::path::PathBuf {
+        if self.config_cache.is_empty() {
+            let safe: String =
+                node.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+            std::path::PathBuf::from(format!("reskflow-{safe}.json"))
+        } else {
+            std::path::PathBuf::from(&self.config_cache)
         }
     }
 }
@@ -92,6 +179,24 @@ impl Settings for Config {
         }
         if self.worker_threads > 1024 {
             problems.push("WORKER_THREADS: must be at most 1024 (0 = one per CPU)".into());
+        }
+        if self.report_interval.is_zero() {
+            problems.push("REPORT_INTERVAL: must be more than 0".into());
+        }
+        if self.jwt_jwks_refresh < Duration::from_secs(10) {
+            problems.push("JWT_JWKS_REFRESH: must be at least 10s".into());
+        }
+        if !self.jwt_jwks_url.is_empty() && !self.jwt_jwks_url.starts_with("http") {
+            problems.push(format!("JWT_JWKS_URL: '{}' must be an http(s) URL", self.jwt_jwks_url));
+        }
+        if !self.jwt_secret.is_empty() && self.jwt_secret.len() < 32 {
+            problems.push("JWT_SECRET: must be at least 32 bytes (HS256 needs a key as long as its hash)".into());
+        }
+        if http::HeaderName::try_from(self.api_key_header.as_str()).is_err() {
+            problems.push(format!("API_KEY_HEADER: '{}' is not a header name", self.api_key_header));
+        }
+        if self.roles_claim.is_empty() || self.roles_claim.split('.').any(str::is_empty) {
+            problems.push("ROLES_CLAIM: must be a claim name or a dotted path".into());
         }
         if problems.is_empty() {
             Ok(())

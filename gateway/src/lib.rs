@@ -1,16 +1,23 @@
-//! ReskFlow gateway: the REST API in front of the control plane.
+//! ReskFlow gateway: the REST API in front of the control plane, and the API gateway in front of
+//! the services (routes streamed from the control plane, proxied through the shared data plane).
 //!
 //! - [`config`]: the typed configuration.
+//! - [`edge`]: the front door: management endpoints first, then route matching and proxying.
+//! - [`routes`]: the compiled route table, replaced whole on each config.
+//! - [`auth`]: JWT and API key authentication.
 //! - [`error`]: `ApiError`, the JSON error every endpoint answers with.
 //! - [`json`]: body and query extractors that name the failing field.
 //! - [`rest`]: one module per REST resource, each calling the control plane over gRPC.
 //!
 //! [`router`] builds the whole app from its state, so tests drive it in-process with `oneshot`.
 
+pub mod auth;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod json;
 pub mod rest;
+pub mod routes;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +38,12 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use reskflow_proto::pb::config::v1 as pb;
+use reskflow_sidecar::balance::Locality;
+use reskflow_sidecar::config_watch::{self, Watcher};
+use reskflow_sidecar::proxy::Proxy;
+use reskflow_sidecar::upstreams::Upstreams;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -80,6 +93,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .merge(rest::registry::routes())
         .merge(rest::workflows::routes())
         .merge(rest::dataplane::routes())
+        .merge(rest::routes::routes())
         .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/ready", get(ready))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -115,14 +129,120 @@ async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
     Ok(Json(serde_json::json!({ "status": "ready", "controlPlane": status.into_inner().status().as_str_name() })))
 }
 
-/// Serves on `listener` until `shutdown` resolves.
+/// Serves on `listener` until `shutdown` resolves: follows the control plane's config stream (and
+/// starts from the saved config), stores `ROUTES_FILE`'s routes, and serves the REST API and the
+/// routes on one port.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = AppState::connect(&config)?;
-    let app = router(state, &config);
-    info!(addr = %listener.local_addr()?, control_plane = %config.orchestration_url, "gateway serving REST");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("REST server failed")
+    let auth = auth::Authenticator::from_config(&config).await?;
+    let routes = Arc::new(routes::Routes::new(routes::Defaults { max_body: config.max_body_bytes }));
+    let hook_routes = routes.clone();
+    let locality = Locality { region: config.region.clone(), zone: config.zone.clone() };
+    let upstreams = Arc::new(Upstreams::with_hook(locality, Box::new(move |c| hook_routes.apply(c))));
+    let node = config.node();
+    let cache = config.cache_path(&node);
+    config_watch::load_saved(&cache, &upstreams);
+
+    let stop = CancellationToken::new();
+    let watcher = Watcher {
+        client: state.client().clone(),
+        hello: pb::Hello {
+            node_id: node.clone(),
+            role: "gateway".into(),
+            service_id: String::new(),
+            region: config.region.clone(),
+            zone: config.zone.clone(),
+            services: Vec::new(),
+            all_services: true,
+            running_version: 0,
+        },
+        upstreams: upstreams.clone(),
+        cache,
+        report_interval: config.report_interval,
+    };
+    let watching = tokio::spawn(watcher.run(stop.clone()));
+    if !config.routes_file.is_empty() {
+        store_routes_file(&state, &config.routes_file).await?;
+    }
+
+    let edge = Arc::new(edge::Edge {
+        proxy: Proxy::new(upstreams.clone(), String::new()),
+        upstreams,
+        routes,
+        auth,
+        management: router(state, &config),
+        admin_role: config.admin_role.clone(),
+        trust_forwarded: config.trust_forwarded,
+    });
+    info!(addr = %listener.local_addr()?, control_plane = %config.orchestration_url, node = %node, "gateway serving");
+    let serving = tokio::spawn(edge.serve(listener, stop.clone()));
+    shutdown.await;
+    stop.cancel();
+    let _ = serving.await;
+    let _ = watching.await;
+    info!("gateway stopped");
+    Ok(())
+}
+
+/// Stores the routes of `ROUTES_FILE` (created or replaced; other routes stay). A file that does not
+/// parse or routes the control plane refuses stop the start; a control plane that is not up yet is
+/// waited for (then the routes are stored in the background).
+async fn store_routes_file(state: &AppState, path: &str) -> anyhow::Result<()> {
+    let file: reskflow_proto::route::RouteFile = auth::read_yaml(std::path::Path::new(path)).context("ROUTES_FILE")?;
+    let routes = file.into_routes();
+    let count = routes.len();
+    let routes_json = serde_json::to_string(&routes).context("ROUTES_FILE")?;
+    let request = reskflow_proto::pb::registry::v1::PutRoutesRequest {
+        routes_json,
+        create_only: false,
+        replace_all: false,
+        single: false,
+    };
+    let client = state.client().clone();
+    let attempt = move |client: reskflow_proto::Client, request| async move {
+        client.registry().put_routes(request).await.map(|_| ())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match attempt(client.clone(), request.clone()).await {
+            Ok(()) => {
+                info!(routes = count, path, "routes from ROUTES_FILE stored");
+                return Ok(());
+            }
+            Err(status)
+                if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::DeadlineExceeded =>
+            {
+                if std::time::Instant::now() > deadline {
+                    tracing::warn!(%status, "control plane unavailable; storing ROUTES_FILE in the background");
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                            match attempt(client.clone(), request.clone()).await {
+                                Ok(()) => {
+                                    info!(routes = count, "routes from ROUTES_FILE stored");
+                                    break;
+                                }
+                                Err(s) if s.code() == tonic::Code::Unavailable => continue,
+                                Err(s) => {
+                                    tracing::error!(status = %s, "the control plane refused ROUTES_FILE");
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(status) => {
+                let detail = reskflow_proto::invalid::Invalid::from_status(&status)
+                    .map_or_else(|| status.message().to_string(), |i| i.to_string());
+                anyhow::bail!("ROUTES_FILE {path}: {detail}");
+            }
+        }
+    }
 }

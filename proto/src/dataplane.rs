@@ -14,6 +14,9 @@ pub struct DataPlaneConfig {
     pub version: u64,
     /// By service id.
     pub services: BTreeMap<String, Upstream>,
+    /// The gateway's routes (sent to gateways only), by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<crate::route::Route>,
 }
 
 /// One service a data plane calls.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -26,9 +26,10 @@ use tracing::debug;
 use crate::balance::Endpoint;
 use crate::clock;
 
-/// What the data plane sends upstream: the caller's body streamed through, or bytes it built
-/// (an empty body for a retried request, a transformed one in the gateway).
-pub type RequestBody = Either<Incoming, Full<Bytes>>;
+/// What the data plane sends upstream: the caller's body streamed through (within a size limit:
+/// the gateway's per-route limit, none in the sidecar), or bytes it built (an empty body for a
+/// retried request, a validated or transformed one in the gateway).
+pub type RequestBody = Either<Limited<Incoming>, Full<Bytes>>;
 
 /// Idle connections kept per endpoint.
 const MAX_IDLE: usize = 256;

@@ -6,6 +6,7 @@
 //! the breaker, and retry safe bodiless requests within the retry budget.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -77,34 +78,11 @@ impl Proxy {
 
     /// Serves the outbound port until `shutdown`, then lets open requests finish (bounded).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let builder = auto::Builder::new(TokioExecutor::new());
-        loop {
-            let (stream, _) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.cancelled() => break,
-            };
-            let _ = stream.set_nodelay(true);
+        serve_http(listener, shutdown, move |req, _| {
             let proxy = self.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req).await) }
-            });
-            let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    debug!(error = %err, "connection ended with an error");
-                }
-            });
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+            async move { proxy.handle(req).await }
+        })
+        .await;
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -127,17 +105,34 @@ impl Proxy {
                 )
             }
         };
+        let (mut parts, body) = req.into_parts();
+        parts.headers.remove(header::HOST);
+        let body = Either::Left(Limited::new(body, usize::MAX));
+        self.call(&upstream, Request::from_parts(parts, body), path.as_deref(), None).await
+    }
+
+    /// Calls `upstream` with `req` (its path replaced by `path` when given): asks the breaker (open:
+    /// the fallback, or 503 naming the open circuit), sends to an endpoint picked by the balancer
+    /// (retrying when the policy and the budget allow), and records the outcome. The request's
+    /// `Host` is set to the endpoint's. `timeout` overrides the policy's per-try timeout.
+    pub async fn call(
+        &self,
+        upstream: &Upstream,
+        req: Request<RequestBody>,
+        path: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Response<ProxyBody> {
         upstream.stats.requests.fetch_add(1, Ordering::Relaxed);
         let now = clock::now_ms();
         let permit = match upstream.breaker.try_acquire_at(now) {
             Ok(permit) => permit,
             Err(rejected) => {
                 upstream.stats.breaker_rejections.fetch_add(1, Ordering::Relaxed);
-                return self.fallback(&upstream, rejected, req, path).await;
+                return self.fallback(upstream, rejected, req, path, timeout).await;
             }
         };
         let started = clock::now_ns();
-        let (response, outcome) = self.forward(&upstream, req, path.as_deref(), true).await;
+        let (response, outcome) = self.forward(upstream, req, path, true, timeout).await;
         let elapsed = Duration::from_nanos(clock::now_ns().saturating_sub(started));
         upstream.breaker.record_at(permit, outcome, elapsed, clock::now_ms());
         response
@@ -148,13 +143,13 @@ impl Proxy {
     async fn forward(
         &self,
         upstream: &Upstream,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         path: Option<&str>,
         retries: bool,
+        timeout: Option<Duration>,
     ) -> (Response<ProxyBody>, Outcome) {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(header::HOST);
         if !parts.headers.contains_key(&TRACEPARENT) {
             parts.headers.insert(TRACEPARENT, traceparent());
         }
@@ -168,7 +163,7 @@ impl Proxy {
         if replayable {
             upstream.budget.deposit(now);
         }
-        let per_try = retry.per_try_timeout.unwrap_or_else(|| policy.timeout());
+        let per_try = timeout.or(retry.per_try_timeout).unwrap_or_else(|| policy.timeout());
         let hash_key = policy.load_balancer.hash_header.as_ref().and_then(|h| parts.headers.get(h.as_str()).cloned());
         let path_and_query = match path {
             Some(p) => match PathAndQuery::try_from(p) {
@@ -217,7 +212,7 @@ impl Proxy {
                 return (response, Outcome::Failure(FailureKind::ConnectError));
             };
             let mut request = Request::new(match body.take() {
-                Some(b) if !replayable => Either::Left(b),
+                Some(b) if !replayable => b,
                 _ => Either::Right(Full::new(Bytes::new())),
             });
             *request.method_mut() = parts.method.clone();
@@ -297,8 +292,9 @@ impl Proxy {
         &self,
         upstream: &Upstream,
         rejected: Rejected,
-        req: Request<Incoming>,
-        path: Option<String>,
+        req: Request<RequestBody>,
+        path: Option<&str>,
+        timeout: Option<Duration>,
     ) -> Response<ProxyBody> {
         match &upstream.policy.fallback {
             Some(Fallback::Static { status, headers, body }) => {
@@ -318,7 +314,7 @@ impl Proxy {
             Some(Fallback::Service { service_id }) => match self.upstreams.get(service_id) {
                 Some(other) => {
                     upstream.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-                    let (mut response, _) = self.forward(&other, req, path.as_deref(), false).await;
+                    let (mut response, _) = self.forward(&other, req, path, false, timeout).await;
                     if let Ok(v) = HeaderValue::from_str(service_id) {
                         response.headers_mut().insert(FALLBACK_HEADER, v);
                     }
@@ -329,6 +325,46 @@ impl Proxy {
             None => breaker_open(upstream, rejected),
         }
     }
+}
+
+/// Accepts HTTP/1.1 and HTTP/2 (prior knowledge) connections on `listener` and answers each request
+/// with `handle(request, peer)`, until `shutdown`; then lets open requests finish (at most 10 s).
+pub async fn serve_http<F, Fut, B>(listener: TcpListener, shutdown: CancellationToken, handle: F)
+where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handle = handle.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let answer = handle(req, peer);
+            async move { Ok::<_, Infallible>(answer.await) }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                debug!(error = %err, "connection ended with an error");
+            }
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
 }
 
 fn breaker_open(upstream: &Upstream, rejected: Rejected) -> Response<ProxyBody> {

@@ -73,8 +73,13 @@ pub struct Table {
     pub source: &'static str,
 }
 
+/// Checks and installs what a config holds beyond upstreams (the gateway's routes) just before the
+/// upstreams are installed; an error refuses the whole config (NACK).
+pub type ApplyHook = Box<dyn Fn(&DataPlaneConfig) -> Result<(), String> + Send + Sync>;
+
 pub struct Upstreams {
     table: ArcSwap<Table>,
+    hook: Option<ApplyHook>,
     locality: Locality,
     /// Counters by service, kept across versions (and across a service's absence).
     stats: Mutex<HashMap<String, Arc<Stats>>>,
@@ -87,7 +92,11 @@ fn budget(policy: &TrafficPolicy) -> RetryBudget {
 
 impl Upstreams {
     pub fn new(locality: Locality) -> Upstreams {
-        Upstreams { table: ArcSwap::from_pointee(Table::default()), locality, stats: Mutex::default() }
+        Upstreams { table: ArcSwap::from_pointee(Table::default()), hook: None, locality, stats: Mutex::default() }
+    }
+
+    pub fn with_hook(locality: Locality, hook: ApplyHook) -> Upstreams {
+        Upstreams { hook: Some(hook), ..Upstreams::new(locality) }
     }
 
     pub fn table(&self) -> Arc<Table> {
@@ -107,6 +116,9 @@ impl Upstreams {
         let problems = config.problems();
         if !problems.is_empty() {
             return Err(problems.join("; "));
+        }
+        if let Some(hook) = &self.hook {
+            hook(&config)?;
         }
         let old = self.table.load_full();
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());

@@ -236,14 +236,28 @@ impl EchoBackend {
             let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let n = served.fetch_add(1, Ordering::Relaxed);
                 let failing = (n % 10) < u64::from(fail.load(Ordering::Relaxed));
-                let body = serde_json::json!({
-                    "backend": name, "path": req.uri().path_and_query().map(|p| p.to_string()),
-                    "traceparent": req.headers().get("traceparent").and_then(|v| v.to_str().ok()),
-                });
-                let status = if failing { 500 } else { 200 };
-                let mut response = hyper::Response::new(Full::new(bytes::Bytes::from(body.to_string())));
-                *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
-                async move { Ok::<_, std::convert::Infallible>(response) }
+                let name = name.clone();
+                async move {
+                    use http_body_util::BodyExt;
+                    let (parts, body) = req.into_parts();
+                    let headers: serde_json::Map<String, serde_json::Value> =
+                        parts.headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into())).collect();
+                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let body = serde_json::json!({
+                        "backend": name, "method": parts.method.as_str(),
+                        "path": parts.uri.path_and_query().map(|p| p.to_string()),
+                        "traceparent": parts.headers.get("traceparent").and_then(|v| v.to_str().ok()),
+                        "headers": headers,
+                        "body": String::from_utf8_lossy(&body),
+                    });
+                    let status = if failing { 500 } else { 200 };
+                    let mut response = hyper::Response::new(Full::new(bytes::Bytes::from(body.to_string())));
+                    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+                    response
+                        .headers_mut()
+                        .insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             connections.spawn(async move {
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

@@ -113,7 +113,8 @@ impl Book {
 /// whole JSON.
 struct Built {
     version: u64,
-    services: Arc<str>,
+    /// The services and routes, without the version: what decides whether a client needs a send.
+    content: Arc<str>,
     json: String,
 }
 
@@ -125,13 +126,13 @@ struct Configs {
     built: Mutex<HashMap<WantedKey, Arc<Built>>>,
 }
 
-/// All services, or these.
-type WantedKey = (bool, Vec<String>);
+/// All services or these; with routes or not.
+type WantedKey = (bool, bool, Vec<String>);
 
 impl Configs {
     fn get(&self, registry: &Registry, wanted: &Wanted) -> Arc<Built> {
         let version = registry.version();
-        let key = (wanted.all, wanted.services.clone());
+        let key = (wanted.all, wanted.routes, wanted.services.clone());
         if let Some(b) = self.built.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             if b.version == version {
                 return b.clone();
@@ -140,7 +141,7 @@ impl Configs {
         let config = config_push::build(&registry.read(), wanted);
         let built = Arc::new(Built {
             version: config.version,
-            services: serde_json::to_string(&config.services).unwrap_or_default().into(),
+            content: serde_json::to_string(&(&config.services, &config.routes)).unwrap_or_default().into(),
             json: serde_json::to_string(&config).unwrap_or_default(),
         });
         let mut map = self.built.lock().unwrap_or_else(|e| e.into_inner());
@@ -303,20 +304,24 @@ impl Client {
         };
         self.book.insert(row);
         info!(services = self.hello.services.len(), all = self.hello.all_services, "data plane connected");
-        let wanted = Wanted { all: self.hello.all_services, services: self.hello.services.clone() };
+        let wanted = Wanted {
+            all: self.hello.all_services,
+            services: self.hello.services.clone(),
+            routes: self.hello.role == "gateway",
+        };
         let mut versions = self.registry.versions();
         let mut last_sent: Option<Arc<str>> = None;
         loop {
             let built = self.configs.get(&self.registry, &wanted);
             // Compare without the version: a change elsewhere in the registry is not news here.
-            if last_sent.as_deref() != Some(&*built.services) {
+            if last_sent.as_deref() != Some(&*built.content) {
                 let update = pb::ConfigUpdate { version: built.version, config_json: built.json.clone() };
                 if self.tx.send(Ok(update)).await.is_err() {
                     break;
                 }
                 debug!(version = built.version, "config sent");
                 self.book.update(&node, false, |r| r.sent_version = built.version);
-                last_sent = Some(built.services.clone());
+                last_sent = Some(built.content.clone());
             }
             tokio::select! {
                 changed = versions.changed() => if changed.is_err() { break },

@@ -4,6 +4,7 @@
 use std::pin::Pin;
 
 use futures::Stream;
+use reskflow_proto::invalid::Invalid;
 use reskflow_proto::pb::registry::v1 as pb;
 use reskflow_proto::pb::registry::v1::registry_server;
 use reskflow_proto::registry::health_status_from_pb;
@@ -140,6 +141,47 @@ impl registry_server::Registry for RegistryApi {
         Ok(Response::new(self.registry.dependencies(&service_id)?.into()))
     }
 
+    async fn list_routes(&self, _: Request<pb::ListRoutesRequest>) -> Result<Response<pb::RoutesResponse>, Status> {
+        routes_response(&self.registry.list_routes(), self.registry.version())
+    }
+
+    async fn get_route(&self, req: Request<pb::GetRouteRequest>) -> Result<Response<pb::RoutesResponse>, Status> {
+        let id = req.into_inner().id;
+        check_id("id", &id)?;
+        let route = self.registry.get_route(&id)?;
+        routes_response(&[route], self.registry.version())
+    }
+
+    async fn put_routes(&self, req: Request<pb::PutRoutesRequest>) -> Result<Response<pb::RoutesResponse>, Status> {
+        let r = req.into_inner();
+        let routes: Vec<reskflow_proto::route::Route> = {
+            let de = &mut serde_json::Deserializer::from_str(&r.routes_json);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = e.path().to_string();
+                let field = path.strip_prefix('[').map_or(path.clone(), |p| format!("routes[{p}"));
+                let field = if r.single { path_without_index(&path) } else { field };
+                Status::from(Invalid::one(field, e.inner().to_string()))
+            })?
+        };
+        if routes.is_empty() && !r.replace_all {
+            return Err(Invalid::one("routes", "give at least one route").into());
+        }
+        let stored = self.registry.put_routes(routes, r.create_only, r.replace_all, r.single).await?;
+        tracing::info!(routes = stored.len(), replace_all = r.replace_all, "gateway routes stored");
+        routes_response(&stored, self.registry.version())
+    }
+
+    async fn delete_route(
+        &self,
+        req: Request<pb::DeleteRouteRequest>,
+    ) -> Result<Response<pb::DeleteRouteResponse>, Status> {
+        let id = req.into_inner().id;
+        check_id("id", &id)?;
+        self.registry.delete_route(&id).await?;
+        tracing::info!(route = %id, "gateway route deleted");
+        Ok(Response::new(pb::DeleteRouteResponse {}))
+    }
+
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send + 'static>>;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
@@ -251,4 +293,20 @@ async fn replay(
         }
     }
     true
+}
+
+fn routes_response(
+    routes: &[reskflow_proto::route::Route],
+    version: u64,
+) -> Result<Response<pb::RoutesResponse>, Status> {
+    let routes_json = serde_json::to_string(routes).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(pb::RoutesResponse { routes_json, version }))
+}
+
+/// `[0].rateLimit.window` -> `rateLimit.window` (one route sent alone).
+fn path_without_index(path: &str) -> String {
+    match path.strip_prefix('[').and_then(|p| p.split_once(']')) {
+        Some((_, rest)) => rest.trim_start_matches('.').to_string(),
+        None => path.to_string(),
+    }
 }

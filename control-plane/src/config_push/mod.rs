@@ -16,6 +16,8 @@ use crate::registry::state::RegistryState;
 pub struct Wanted {
     pub all: bool,
     pub services: Vec<String>,
+    /// Gateways get the routes too.
+    pub routes: bool,
 }
 
 impl Wanted {
@@ -49,5 +51,6 @@ pub fn build(state: &RegistryState, wanted: &Wanted) -> DataPlaneConfig {
         let policy = entry.service.traffic_policy.as_deref().cloned().unwrap_or_default();
         services.insert(id.clone(), Upstream { endpoints, policy, breaker_reset: entry.breaker_reset });
     }
-    DataPlaneConfig { version: state.version, services }
+    let routes = if wanted.routes { state.routes.values().map(|r| (**r).clone()).collect() } else { Vec::new() };
+    DataPlaneConfig { version: state.version, services, routes }
 }

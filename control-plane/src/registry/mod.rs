@@ -14,6 +14,7 @@
 pub mod dependency_graph;
 pub mod discovery;
 pub mod health_check;
+pub mod routes;
 pub mod search;
 pub mod state;
 pub mod sync;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use reskflow_proto::invalid::Invalid;
 use reskflow_proto::registry::*;
+use reskflow_proto::route::Route;
 use tokio::sync::{broadcast, watch};
 
 use crate::store::{ChangeRecord, Mutation, Store, StoreError};
@@ -153,6 +155,55 @@ impl Registry {
             }
         }
         Ok(records)
+    }
+
+    /// Creates or replaces gateway routes (all or none) after checking each and the table they make
+    /// with the stored ones (`replace_all`: the list is the whole table). Returns them as stored.
+    pub async fn put_routes(
+        &self,
+        routes: Vec<Route>,
+        create_only: bool,
+        replace_all: bool,
+        single: bool,
+    ) -> Result<Vec<Route>, RegistryError> {
+        let routes = routes::normalize_all(routes, single)?;
+        {
+            let state = self.read();
+            let mut table: std::collections::BTreeMap<&str, &Route> = if replace_all {
+                Default::default()
+            } else {
+                state.routes.iter().map(|(id, r)| (id.as_str(), &**r)).collect()
+            };
+            for route in &routes {
+                if create_only && table.contains_key(route.id.as_str()) {
+                    return Err(RegistryError::Conflict(format!("route {} already exists", route.id)));
+                }
+                table.insert(&route.id, route);
+            }
+            routes::table_is_routable(&table)?;
+        }
+        let records = self.commit(Mutation::PutRoutes { routes, create_only, replace_all }).await?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| match r.change {
+                Change::RouteUpserted(route) => Some(route),
+                _ => None,
+            })
+            .collect())
+    }
+
+    pub async fn delete_route(&self, id: &str) -> Result<(), RegistryError> {
+        self.commit(Mutation::DeleteRoute(id.to_string())).await?;
+        Ok(())
+    }
+
+    /// Every route, by id.
+    pub fn list_routes(&self) -> Vec<Route> {
+        self.read().routes.values().map(|r| (**r).clone()).collect()
+    }
+
+    pub fn get_route(&self, id: &str) -> Result<Route, RegistryError> {
+        self.read().routes.get(id).map(|r| (**r).clone()).ok_or_else(|| not_found("route", id))
     }
 
     fn with_checked_at(&self, instance: &Instance) -> Instance {

@@ -30,8 +30,13 @@ pub enum Mutation {
     DeleteInstance(String),
     /// Resets the circuit breakers of calls to a service (only the change log records it).
     ResetBreaker(String),
-    /// Creates or replaces gateway routes, all or none.
-    PutRoutes(Vec<Route>),
+    /// Creates or replaces gateway routes, all or none. `create_only`: any existing id is a
+    /// conflict. `replace_all`: routes not in the list are deleted (the list is the whole table).
+    PutRoutes {
+        routes: Vec<Route>,
+        create_only: bool,
+        replace_all: bool,
+    },
     DeleteRoute(String),
 }
 
@@ -356,18 +361,32 @@ async fn write_rows(tx: &mut Transaction<'_, Any>, mutation: Mutation, now: i64)
             }
             Ok(vec![Change::BreakerReset(id)])
         }
-        Mutation::PutRoutes(routes) => {
+        Mutation::PutRoutes { routes, create_only, replace_all } => {
             let mut changes = Vec::with_capacity(routes.len());
+            if replace_all {
+                let existing: Vec<String> =
+                    sqlx::query_scalar("SELECT id FROM gateway_routes ORDER BY id").fetch_all(&mut **tx).await?;
+                for id in existing {
+                    if !routes.iter().any(|r| r.id == id) {
+                        sqlx::query("DELETE FROM gateway_routes WHERE id = $1").bind(&id).execute(&mut **tx).await?;
+                        changes.push(Change::RouteDeleted(id));
+                    }
+                }
+            }
+            let upsert = "INSERT INTO gateway_routes (id, body, updated_at_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (id) DO UPDATE SET body = excluded.body, updated_at_ms = excluded.updated_at_ms";
+            let insert =
+                "INSERT INTO gateway_routes (id, body, updated_at_ms) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
             for route in routes {
-                sqlx::query(
-                    "INSERT INTO gateway_routes (id, body, updated_at_ms) VALUES ($1, $2, $3) \
-                     ON CONFLICT (id) DO UPDATE SET body = excluded.body, updated_at_ms = excluded.updated_at_ms",
-                )
-                .bind(&route.id)
-                .bind(encode_route(&route))
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
+                let done = sqlx::query(if create_only { insert } else { upsert })
+                    .bind(&route.id)
+                    .bind(encode_route(&route))
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::Conflict(format!("route {} already exists", route.id)));
+                }
                 changes.push(Change::RouteUpserted(route));
             }
             Ok(changes)

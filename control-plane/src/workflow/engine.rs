@@ -123,7 +123,7 @@ struct PendingCreate {
 /// instances and its traffic policy, rebuilt at each registry version this replica applies.
 async fn follow_registry(registry: Registry, upstreams: Arc<Upstreams>) {
     let mut versions = registry.versions();
-    let everything = crate::config_push::Wanted { all: true, services: Vec::new() };
+    let everything = crate::config_push::Wanted { all: true, services: Vec::new(), routes: false };
     loop {
         let config = crate::config_push::build(&registry.read(), &everything);
         if let Err(why) = upstreams.apply(config, "registry") {

@@ -3,4 +3,5 @@
 
 pub mod dataplane;
 pub mod registry;
+pub mod routes;
 pub mod workflows;

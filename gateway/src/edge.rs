@@ -1,0 +1,284 @@
+//! The gateway's front door: every request comes here first. Management endpoints of this project
+//! (`/api/registry`, `/api/workflows`, `/api/saga`, `/api/circuit-breakers`, `/api/dataplane`, `/api/gateway`,
+//! `/health`, `/ready`, `/metrics`) go to the REST API and take precedence over routes; everything
+//! else is matched against the routes and proxied through the shared data plane (breaker,
+//! balancer, retries) to the route's service. Per request, top to bottom: normalize the path, match
+//! a route, check the body size, authenticate and authorize, then forward with `X-Forwarded-*`,
+//! the caller's identity headers (incoming copies are always removed) and `traceparent`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full, Limited};
+use hyper::body::Incoming;
+use reskflow_sidecar::proxy::{serve_http, Proxy, ProxyBody};
+use reskflow_sidecar::routing::{self, fill_target};
+use reskflow_sidecar::upstreams::Upstreams;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::auth::{AuthError, Authenticator, Identity};
+use crate::routes::Routes;
+
+/// What the gateway answers: a proxied (or data-plane made) body, or the REST API's.
+pub type EdgeBody = Either<ProxyBody, axum::body::Body>;
+
+/// Identity headers the gateway sets for upstreams; a caller's own copies never pass.
+pub const USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+pub const USER_ROLES: HeaderName = HeaderName::from_static("x-user-roles");
+pub const AUTHENTICATED_VIA: HeaderName = HeaderName::from_static("x-authenticated-via");
+const IDENTITY_HEADERS: [HeaderName; 3] = [USER_ID, USER_ROLES, AUTHENTICATED_VIA];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-reskflow-route");
+
+/// Every REST resource of `rest::*` (keep in step with the routers there).
+const MANAGEMENT_PREFIXES: [&str; 6] =
+    ["/api/registry", "/api/workflows", "/api/saga", "/api/circuit-breakers", "/api/dataplane", "/api/gateway"];
+const OPEN_PATHS: [&str; 3] = ["/health", "/ready", "/metrics"];
+
+fn is_management(path: &str) -> bool {
+    OPEN_PATHS.contains(&path)
+        || MANAGEMENT_PREFIXES
+            .iter()
+            .any(|p| path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+}
+
+pub struct Edge {
+    pub upstreams: Arc<Upstreams>,
+    pub proxy: Proxy,
+    pub routes: Arc<Routes>,
+    pub auth: Option<Arc<Authenticator>>,
+    /// The REST API (its state applied).
+    pub management: axum::Router,
+    pub admin_role: String,
+    pub trust_forwarded: bool,
+}
+
+impl Edge {
+    /// Serves until `shutdown`, then lets open requests finish (bounded).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        serve_http(listener, shutdown, move |req, peer| {
+            let edge = self.clone();
+            async move { edge.handle(req, peer).await }
+        })
+        .await;
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<EdgeBody> {
+        let path = match routing::normalize(req.uri().path()) {
+            Ok(path) => path,
+            Err(err) => return error(StatusCode::BAD_REQUEST, "invalid_path", &err.to_string()),
+        };
+        if is_management(&path) {
+            let path = path.into_owned();
+            return self.management(req, &path).await;
+        }
+        let set = self.routes.load();
+        let Some(matched) = set.table.lookup(req.method(), &path) else {
+            let message = format!("no route for {} {}", req.method(), path);
+            return error(StatusCode::NOT_FOUND, "no_route", &message);
+        };
+        let route = matched.value.clone();
+        let mut upstream_path = match &route.route.target_path {
+            Some(target) => fill_target(target, &matched.params),
+            None => path.into_owned(),
+        };
+        drop(set);
+        if let Some(query) = req.uri().query() {
+            upstream_path.push('?');
+            upstream_path.push_str(query);
+        }
+
+        let (mut parts, body) = req.into_parts();
+        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > route.max_body as u64) {
+            let message = format!("the body may be at most {} bytes on this route", route.max_body);
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &message);
+        }
+
+        for name in &IDENTITY_HEADERS {
+            parts.headers.remove(name);
+        }
+        if route.route.needs_identity() {
+            let identity = match self.authenticate(&parts.headers).await {
+                Ok(identity) => identity,
+                Err(response) => return response,
+            };
+            if !route.route.authorization.is_empty() && !identity.has_any_role(&route.route.authorization) {
+                let message = format!("this route needs one of the roles: {}", route.route.authorization.join(", "));
+                return error(StatusCode::FORBIDDEN, "forbidden", &message);
+            }
+            set_identity(&mut parts.headers, &identity);
+        }
+
+        let Some(upstream) = self.upstreams.get(&route.route.service_id) else {
+            let message = format!("service {} has no configuration yet (is it registered?)", route.route.service_id);
+            return error(StatusCode::SERVICE_UNAVAILABLE, "no_upstream", &message);
+        };
+        forwarded_headers(&mut parts.headers, peer.ip(), self.trust_forwarded);
+        let body = Either::Left(Limited::new(body, route.max_body));
+        let request = Request::from_parts(parts, body);
+        let mut response = self.proxy.call(&upstream, request, Some(&upstream_path), route.timeout).await;
+        if let Ok(id) = HeaderValue::from_str(&route.route.id) {
+            response.headers_mut().insert(ROUTE_HEADER, id);
+        }
+        response.map(Either::Left)
+    }
+
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, Response<EdgeBody>> {
+        let Some(auth) = &self.auth else {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "authentication_unavailable",
+                "this route needs authentication but the gateway has no JWT_SECRET, JWKS or API keys configured",
+            ));
+        };
+        auth.authenticate(headers).await.map_err(|err| unauthorized(&err))
+    }
+
+    /// The REST API; with authentication on, callers need the admin role (health, readiness and
+    /// metrics stay open).
+    async fn management(&self, mut req: Request<Incoming>, path: &str) -> Response<EdgeBody> {
+        if req.uri().path() != path {
+            // The REST API routes on the normalized path, as the routes do.
+            let target = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+            match http::uri::PathAndQuery::try_from(target) {
+                Ok(pq) => *req.uri_mut() = http::Uri::from(pq),
+                Err(_) => return error(StatusCode::BAD_REQUEST, "invalid_path", "the path is not a valid URI"),
+            }
+        }
+        if self.auth.is_some() && !OPEN_PATHS.contains(&path) {
+            match self.authenticate(req.headers()).await {
+                Err(response) => return response,
+                Ok(identity) if !identity.roles.contains(&self.admin_role) => {
+                    let message = format!("the management API needs the {} role", self.admin_role);
+                    return error(StatusCode::FORBIDDEN, "forbidden", &message);
+                }
+                Ok(_) => {}
+            }
+        }
+        let response = match self.management.clone().oneshot(req.map(axum::body::Body::new)).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        response.map(Either::Right)
+    }
+}
+
+fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
+    if let Ok(v) = HeaderValue::from_str(&identity.subject) {
+        headers.insert(USER_ID, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&identity.roles.join(",")) {
+        headers.insert(USER_ROLES, v);
+    }
+    headers.insert(AUTHENTICATED_VIA, HeaderValue::from_static(identity.via.as_str()));
+}
+
+/// Appends the peer to `X-Forwarded-For`; sets `X-Forwarded-Proto` and `X-Forwarded-Host` unless a
+/// trusted proxy in front already did.
+fn forwarded_headers(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
+    let peer = peer.to_string();
+    let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if trusted && !prior.is_empty() => format!("{prior}, {peer}"),
+        _ => peer,
+    };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !trusted || !headers.contains_key(&X_FORWARDED_HOST) {
+        match headers.get(header::HOST).cloned() {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// The client's address: the peer, or with `TRUST_FORWARDED` the last address a trusted proxy
+/// added to `X-Forwarded-For`.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: bool) -> IpAddr {
+    if trusted {
+        // Only the entry the trusted proxy appended: earlier ones are whatever the client sent.
+        let last = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|ip| ip.trim().parse::<IpAddr>().ok());
+        if let Some(ip) = last {
+            return ip;
+        }
+    }
+    peer
+}
+
+fn unauthorized(err: &AuthError) -> Response<EdgeBody> {
+    let mut response = error(StatusCode::UNAUTHORIZED, "unauthenticated", err.message());
+    let challenge = match err {
+        AuthError::Missing => HeaderValue::from_static("Bearer realm=\"reskflow\""),
+        AuthError::Invalid(_) => HeaderValue::from_static("Bearer realm=\"reskflow\", error=\"invalid_token\""),
+    };
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+    response
+}
+
+/// A JSON error in the REST API's shape: `{"error": {"code", "message"}}`.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response<EdgeBody> {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    let mut response = Response::new(Either::Left(Either::Right(Full::new(Bytes::from(body.to_string())))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn management_paths_take_precedence() {
+        assert!(is_management("/api/registry"));
+        assert!(is_management("/api/registry/services/x"));
+        assert!(is_management("/api/gateway/routes"));
+        assert!(is_management("/health"));
+        assert!(!is_management("/api/registryx"));
+        assert!(!is_management("/api/orders/1"));
+        assert!(!is_management("/healthz"));
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_only_when_trusted() {
+        let peer: IpAddr = "10.0.0.9".parse().expect("ip");
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.insert(header::HOST, HeaderValue::from_static("shop.example"));
+        let mut untrusted = h.clone();
+        forwarded_headers(&mut untrusted, peer, false);
+        assert_eq!(untrusted[&X_FORWARDED_FOR], "10.0.0.9");
+        assert_eq!(untrusted[&X_FORWARDED_HOST], "shop.example");
+        assert_eq!(client_ip(&h, peer, false), peer);
+        forwarded_headers(&mut h, peer, true);
+        assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4, 10.0.0.9");
+        assert_eq!(client_ip(&h, peer, true), peer);
+        let mut only_lb = HeaderMap::new();
+        only_lb.insert(X_FORWARDED_FOR, HeaderValue::from_static("7.7.7.7"));
+        assert_eq!(client_ip(&only_lb, peer, true), "7.7.7.7".parse::<IpAddr>().expect("ip"));
+    }
+}

@@ -1,0 +1,384 @@
+//! The API gateway as it runs: a real control plane, real gateway processes and real backends.
+//! Routes are managed over REST (and from a file), reach every gateway over the config stream, and
+//! proxy through the shared data plane; tokens and API keys are checked as an operator expects.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use reskflow_e2e::harness::{eventually, ControlPlane, Gateway};
+use reskflow_e2e::targets::EchoBackend;
+use reskflow_proto::registry::{Instance, Service};
+use reskflow_proto::Client;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn service_with(client: &Client, id: &str, backends: &[&EchoBackend]) {
+    let s: Service = serde_json::from_value(json!({ "id": id })).expect("service");
+    client.register_service(s).await.expect("register service");
+    for backend in backends {
+        let i: Instance = serde_json::from_value(json!({
+            "id": backend.name, "serviceId": id, "address": "127.0.0.1", "port": backend.port
+        }))
+        .expect("instance");
+        client.register_instance(i).await.expect("register instance");
+    }
+}
+
+/// Sends raw HTTP/1.1 (no client-side path cleanup) and returns the status and the body.
+async fn raw(gateway: &Gateway, request_line: &str, headers: &str) -> (u16, Value) {
+    let addr = gateway.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("{request_line} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read");
+    let text = String::from_utf8_lossy(&answer);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    // Chunked answers: take the JSON between the chunk sizes.
+    let json = body.find('{').and_then(|start| body.rfind('}').map(|end| &body[start..=end])).unwrap_or("");
+    (status, serde_json::from_str(json).unwrap_or(Value::Null))
+}
+
+async fn get_with(gateway: &Gateway, path: &str, headers: &[(&str, &str)]) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = gateway.http().get(format!("{}{path}", gateway.url));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.expect("gateway answers");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+#[tokio::test]
+async fn routes_are_managed_over_rest_streamed_to_the_gateway_and_matched_most_specific_first() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    let orders = EchoBackend::start("orders-1").await;
+    let catalog = EchoBackend::start("catalog-1").await;
+    service_with(&client, "orders", &[&orders]).await;
+    service_with(&client, "catalog", &[&catalog]).await;
+    let gw = Gateway::start(&cp).await;
+
+    // Replace the whole table: a specific route with a rewrite and a catch-all.
+    let (status, body) = gw
+        .put(
+            "/api/gateway/routes",
+            json!({ "routes": [
+                { "method": "GET", "path": "/api/orders/:id", "serviceId": "orders", "targetPath": "/v2/orders/:id" },
+                { "id": "everything", "path": "/api/*", "serviceId": "catalog" },
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["routes"][0]["id"], "get-api-orders-id");
+    let (_, listed) = gw.get("/api/gateway/routes").await;
+    assert_eq!(listed["routes"].as_array().map(Vec::len), Some(2), "{listed}");
+
+    // The routes reach the gateway over the config stream.
+    let body = eventually("the order route to work", WAIT, || async {
+        let (status, headers, body) = get_with(&gw, "/api/orders/42?full=1", &[("x-forwarded-for", "6.6.6.6")]).await;
+        (status == 200).then_some((headers, body))
+    })
+    .await;
+    let (headers, body) = body;
+    assert_eq!(body["backend"], "orders-1");
+    assert_eq!(body["path"], "/v2/orders/42?full=1");
+    assert_eq!(headers["x-reskflow-route"], "get-api-orders-id");
+    assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1", "an untrusted X-Forwarded-For is replaced");
+    assert_eq!(body["headers"]["x-forwarded-proto"], "http");
+    assert!(body["traceparent"].as_str().is_some_and(|t| t.starts_with("00-")), "{body}");
+
+    // Less specific: the wildcard, path unchanged; POST to the GET-only route falls to it too.
+    let (status, _, body) = get_with(&gw, "/api/orders", &[]).await;
+    assert_eq!((status, body["backend"].as_str()), (200, Some("catalog-1")));
+    let (status, body) = gw.post("/api/orders/42", json!({"qty": 2})).await;
+    assert_eq!(
+        (status, body["backend"].as_str(), body["path"].as_str()),
+        (200, Some("catalog-1"), Some("/api/orders/42"))
+    );
+    assert_eq!(body["body"], r#"{"qty":2}"#, "the body streams through");
+
+    // Normalization: dot segments and doubled slashes resolve before matching; encoded slashes are refused.
+    let (status, body) = raw(&gw, "GET /api//orders/./7/../8", "").await;
+    assert_eq!((status, body["path"].as_str()), (200, Some("/v2/orders/8")), "{body}");
+    let (status, body) = raw(&gw, "GET /api/orders/%2e%2e/registry/services", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["services"].is_array(), "resolves to the management API, not to a route: {body}");
+    let (status, body) = raw(&gw, "GET /api/orders/1%2F..%2F..%2Fadmin", "").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_path")), "{body}");
+
+    // Unmatched: a JSON 404.
+    let (status, body) = gw.get("/nothing/here").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("no_route")), "{body}");
+
+    // Management endpoints take precedence over the catch-all.
+    let (status, body) = gw.get("/api/registry/services").await;
+    assert_eq!(status, 200);
+    assert!(body["services"].is_array());
+
+    // Create one route; a conflicting one and an invalid one are refused, naming the field.
+    let (status, body) = gw
+        .post(
+            "/api/gateway/routes",
+            json!({ "id": "items", "method": "GET", "path": "/api/items/:sku", "serviceId": "orders" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) =
+        gw.post("/api/gateway/routes", json!({ "id": "items", "path": "/api/x", "serviceId": "orders" })).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = gw
+        .post(
+            "/api/gateway/routes",
+            json!({ "id": "items2", "method": "GET", "path": "/api/items/:id", "serviceId": "orders" }),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["fields"][0]["field"], "routes[items2].path", "{body}");
+    let (status, body) = gw
+        .put(
+            "/api/gateway/routes/limited",
+            json!({ "path": "/api/l", "serviceId": "orders", "rateLimit": { "requests": 5, "window": "soon" } }),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["fields"][0]["field"], "rateLimit.window", "{body}");
+
+    eventually("the items route to work", WAIT, || async {
+        let (status, _, body) = get_with(&gw, "/api/items/abc", &[]).await;
+        (status == 200 && body["backend"] == "orders-1").then_some(())
+    })
+    .await;
+
+    // Delete the specific order route: its paths fall to the catch-all.
+    let (status, _) = gw.delete("/api/gateway/routes/get-api-orders-id").await;
+    assert_eq!(status, 204);
+    let (status, _) = gw.delete("/api/gateway/routes/get-api-orders-id").await;
+    assert_eq!(status, 404);
+    eventually("the order route to be gone", WAIT, || async {
+        let (status, _, body) = get_with(&gw, "/api/orders/42", &[]).await;
+        (status == 200 && body["backend"] == "catalog-1").then_some(())
+    })
+    .await;
+
+    // A route to a service with no instances answers from the data plane, not a hang.
+    let (status, _) =
+        gw.put("/api/gateway/routes/ghost", json!({ "path": "/api/ghost/*", "serviceId": "ghost" })).await;
+    assert_eq!(status, 200);
+    eventually("the ghost route to answer 503", WAIT, || async {
+        let (status, _, body) = get_with(&gw, "/api/ghost/1", &[]).await;
+        (status == 503).then_some(body)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn routes_from_a_file_reach_a_second_replica_and_a_body_limit_answers_413() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    let orders = EchoBackend::start("orders-1").await;
+    service_with(&client, "orders", &[&orders]).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(
+        &file,
+        "routes:\n  - id: orders\n    path: /api/orders/*\n    serviceId: orders\n    maxBodyBytes: 16\n    timeout: 2s\n",
+    )
+    .expect("write");
+    let path = file.to_string_lossy().to_string();
+    let first = Gateway::start_with(&cp, &[("ROUTES_FILE", &path)]).await;
+    let second = Gateway::start(&cp).await;
+    for gw in [&first, &second] {
+        eventually("the file's route on every replica", WAIT, || async {
+            let (status, _, body) = get_with(gw, "/api/orders/1", &[]).await;
+            (status == 200 && body["backend"] == "orders-1").then_some(())
+        })
+        .await;
+    }
+    let (status, body) = second.post("/api/orders/1", json!({"note": "far more than sixteen bytes"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{body}");
+
+    // A file the control plane refuses stops the start, naming the field.
+    std::fs::write(&file, "- path: /api/x\n  serviceId: orders\n  rateLimit: {requests: 0, window: 1m}\n")
+        .expect("write");
+    let dir2 = tempfile::tempdir().expect("dir");
+    let out = std::process::Command::new(reskflow_e2e::harness::binary("gateway"))
+        .env("PORT", reskflow_e2e::harness::free_port().to_string())
+        .env("BIND_ADDR", "127.0.0.1")
+        .env("ORCHESTRATION_URL", &cp.grpc_url)
+        .env("ROUTES_FILE", &path)
+        .current_dir(dir2.path())
+        .output()
+        .expect("run gateway");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rateLimit.requests"), "{stderr}");
+}
+
+const EC_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg3OI44GflcDtciUJH
+2nBWvwRh8Qp7OcMX4PwdU4YC4EKhRANCAAQWJov8t2r1jExClgh/9i0pHIP8ipLo
+aO9bQvLiOKzBXW0nwSdiFZ6GvrcEf3fl2dUB8VfyIAk1eS0sXzhDgUC0
+-----END PRIVATE KEY-----";
+const EC_X: &str = "FiaL_Ldq9YxMQpYIf_YtKRyD_IqS6GjvW0Ly4jiswV0";
+const EC_Y: &str = "bSfBJ2IVnoa-twR_d-XZ1QHxV_IgCTV5LSxfOEOBQLQ";
+/// Another P-256 key, whose public half the gateway does not know.
+const OTHER_EC_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgUmy8NYfcFCgZrXUz
+cVna2kvaDvG4Wua6GMR6YREid8ahRANCAAQUjUl1tKcP3pDXE8GsJk9rJ7JYhO+l
+ebp7yia51axvTNb0T0tkVQLY/nIAsc7+HiZD3Ub6WrBvvddf+8ujJjR3
+-----END PRIVATE KEY-----";
+const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn hs256(claims: &Value, secret: &str) -> String {
+    encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()).expect("key"))
+        .expect("token")
+}
+
+fn es256(claims: &Value, pem: &str, kid: &str) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(kid.to_string());
+    encode(&header, claims, &EncodingKey::from_ec_pem(pem.as_bytes()).expect("pem")).expect("token")
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test]
+async fn tokens_and_api_keys_authenticate_roles_authorize_and_identity_headers_cannot_be_spoofed() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    let orders = EchoBackend::start("orders-1").await;
+    service_with(&client, "orders", &[&orders]).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(
+        &jwks,
+        json!({ "keys": [{ "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig", "x": EC_X, "y": EC_Y }] })
+            .to_string(),
+    )
+    .expect("jwks");
+    let keys = dir.path().join("keys.yaml");
+    std::fs::write(&keys, "consumers:\n  - id: partner-acme\n    roles: [customer]\n    keys: [acme-key-1]\n")
+        .expect("keys");
+    let gw = Gateway::start_with(
+        &cp,
+        &[
+            ("JWT_SECRET", SECRET),
+            ("JWT_JWKS_FILE", &jwks.to_string_lossy()),
+            ("JWT_ALGORITHMS", "HS256,ES256"),
+            ("JWT_ISSUER", "https://id.example"),
+            ("API_KEYS_FILE", &keys.to_string_lossy()),
+        ],
+    )
+    .await;
+    let admin =
+        hs256(&json!({ "sub": "ops", "roles": ["admin"], "iss": "https://id.example", "exp": now() + 600 }), SECRET);
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    // Management needs the admin role now.
+    let (status, headers, _) = get_with(&gw, "/api/gateway/routes", &[]).await;
+    assert_eq!(status, 401);
+    assert!(headers["www-authenticate"].to_str().unwrap_or("").starts_with("Bearer"));
+    let response = gw
+        .http()
+        .put(format!("{}/api/gateway/routes", gw.url))
+        .header("authorization", bearer(&admin))
+        .json(&json!([
+            { "id": "orders", "path": "/api/orders/:id", "serviceId": "orders", "authentication": true, "authorization": ["customer"] },
+            { "id": "public", "path": "/api/public/*", "serviceId": "orders" },
+        ]))
+        .send()
+        .await
+        .expect("put routes");
+    assert_eq!(response.status(), 200);
+    let (status, _, _) = get_with(&gw, "/health", &[]).await;
+    assert_eq!(status, 200, "health stays open");
+
+    let customer = es256(
+        &json!({ "sub": "user-7", "roles": ["customer"], "iss": "https://id.example", "exp": now() + 600 }),
+        EC_KEY,
+        "k1",
+    );
+    let body = eventually("the protected route to admit a customer", WAIT, || {
+        let auth = bearer(&customer);
+        let gw = &gw;
+        async move {
+            let (status, _, body) = get_with(
+                gw,
+                "/api/orders/1",
+                &[("authorization", &auth), ("x-user-id", "spoofed"), ("x-user-roles", "admin")],
+            )
+            .await;
+            (status == 200).then_some(body)
+        }
+    })
+    .await;
+    assert_eq!(body["headers"]["x-user-id"], "user-7");
+    assert_eq!(body["headers"]["x-user-roles"], "customer");
+    assert_eq!(body["headers"]["x-authenticated-via"], "jwt");
+
+    // Public routes pass, but a caller's identity headers never do.
+    let (status, _, body) = get_with(&gw, "/api/public/x", &[("x-user-id", "spoofed")]).await;
+    assert_eq!(status, 200);
+    assert!(body["headers"].get("x-user-id").is_none(), "{body}");
+
+    // An API key of a consumer with the role.
+    let (status, _, body) = get_with(&gw, "/api/orders/1", &[("x-api-key", "acme-key-1")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["headers"]["x-user-id"], "partner-acme");
+    assert_eq!(body["headers"]["x-authenticated-via"], "api-key");
+    let (status, _, _) = get_with(&gw, "/api/orders/1", &[("x-api-key", "wrong")]).await;
+    assert_eq!(status, 401);
+
+    // Every bad token is a 401; a good one without the role is a 403.
+    let claims = |exp: u64| json!({ "sub": "u", "roles": ["customer"], "iss": "https://id.example", "exp": exp });
+    let expired = hs256(&claims(now() - 120), SECRET);
+    let wrong_secret = hs256(&claims(now() + 600), "another-secret-that-is-also-32-bytes-long");
+    let wrong_key = es256(&claims(now() + 600), OTHER_EC_KEY, "k1");
+    let unknown_kid = es256(&claims(now() + 600), EC_KEY, "k9");
+    let wrong_issuer =
+        hs256(&json!({ "sub": "u", "roles": ["customer"], "iss": "https://evil.example", "exp": now() + 600 }), SECRET);
+    let no_exp = hs256(&json!({ "sub": "u", "roles": ["customer"], "iss": "https://id.example" }), SECRET);
+    let none =
+        format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(claims(now() + 600).to_string().as_bytes()));
+    // Key confusion: HS256 "signed" with the public key's bytes as the secret.
+    let confused = hs256(&claims(now() + 600), &format!("{EC_X}{EC_Y}"));
+    let garbage = "not.a.token".to_string();
+    for (what, token) in [
+        ("expired", &expired),
+        ("wrong secret", &wrong_secret),
+        ("wrong key", &wrong_key),
+        ("unknown kid", &unknown_kid),
+        ("wrong issuer", &wrong_issuer),
+        ("no exp", &no_exp),
+        ("alg none", &none),
+        ("key confusion", &confused),
+        ("garbage", &garbage),
+    ] {
+        let (status, headers, body) = get_with(&gw, "/api/orders/1", &[("authorization", &bearer(token))]).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert!(headers["www-authenticate"].to_str().unwrap_or("").contains("invalid_token"), "{what}");
+        assert_eq!(body["error"]["code"], "unauthenticated", "{what}");
+    }
+    let (status, _, body) = get_with(&gw, "/api/orders/1", &[]).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")));
+    let courier =
+        hs256(&json!({ "sub": "c", "roles": ["courier"], "iss": "https://id.example", "exp": now() + 600 }), SECRET);
+    let (status, _, body) = get_with(&gw, "/api/orders/1", &[("authorization", &bearer(&courier))]).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    // A customer is not an admin.
+    let (status, _, _) = get_with(&gw, "/api/registry/services", &[("authorization", &bearer(&customer))]).await;
+    assert_eq!(status, 403);
+}
