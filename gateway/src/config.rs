@@ -39,6 +39,8 @@ const ENV_VARS: &[&str] = &[
     "API_KEY_HEADER",
     "ADMIN_ROLE",
     "TRUST_FORWARDED",
+    "RATE_LIMIT_REDIS_TIMEOUT",
+    "RATE_LIMIT_REDIS_FAILURE",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,6 +99,11 @@ pub struct Config {
     pub admin_role: String,
     /// Take the client IP from `X-Forwarded-For` (the gateway is behind a trusted load balancer).
     pub trust_forwarded: bool,
+    /// A shared rate limit not decided by Redis within this falls back (see below).
+    #[serde(with = "humantime_serde")]
+    pub rate_limit_redis_timeout: Duration,
+    /// When Redis fails: `local` (this replica's own limits), `open` (allow) or `closed` (503).
+    pub rate_limit_redis_failure: crate::ratelimit::FailureMode,
 }
 
 impl Default for Config {
@@ -132,11 +139,24 @@ impl Default for Config {
             api_key_header: "x-api-key".into(),
             admin_role: "admin".into(),
             trust_forwarded: false,
+            rate_limit_redis_timeout: Duration::from_millis(100),
+            rate_limit_redis_failure: crate::ratelimit::FailureMode::Local,
         }
     }
 }
 
 impl Config {
+    /// Redis for shared limits and cache: `REDIS_URL`, else `REDIS_HOST`:`REDIS_PORT`; None when off.
+    pub fn redis(&self) -> Option<String> {
+        if !self.redis_url.is_empty() {
+            Some(self.redis_url.clone())
+        } else if !self.redis_host.is_empty() {
+            Some(format!("redis://{}:{}", self.redis_host, self.redis_port))
+        } else {
+            None
+        }
+    }
+
     pub fn node(&self) -> String {
         if !self.node_id.is_empty() {
             return self.node_id.clone();
@@ -179,6 +199,14 @@ impl Settings for Config {
         }
         if self.worker_threads > 1024 {
             problems.push("WORKER_THREADS: must be at most 1024 (0 = one per CPU)".into());
+        }
+        if self.rate_limit_redis_timeout.is_zero() {
+            problems.push("RATE_LIMIT_REDIS_TIMEOUT: must be more than 0".into());
+        }
+        if let Some(url) = self.redis() {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+                problems.push(format!("REDIS_URL: '{url}' must be a redis:// URL"));
+            }
         }
         if self.report_interval.is_zero() {
             problems.push("REPORT_INTERVAL: must be more than 0".into());

@@ -22,7 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::auth::{AuthError, Authenticator, Identity};
-use crate::routes::Routes;
+use crate::ratelimit::{Decision, Limits, RouteLimiter};
+use crate::routes::{CompiledRoute, Routes};
+use reskflow_proto::route::{LimitKey, RateLimit};
+use std::time::Duration;
 
 /// What the gateway answers: a proxied (or data-plane made) body, or the REST API's.
 pub type EdgeBody = Either<ProxyBody, axum::body::Body>;
@@ -58,6 +61,7 @@ pub struct Edge {
     pub management: axum::Router,
     pub admin_role: String,
     pub trust_forwarded: bool,
+    pub limits: Limits,
 }
 
 impl Edge {
@@ -105,16 +109,26 @@ impl Edge {
         for name in &IDENTITY_HEADERS {
             parts.headers.remove(name);
         }
+        let mut identity = None;
         if route.route.needs_identity() {
-            let identity = match self.authenticate(&parts.headers).await {
+            let caller = match self.authenticate(&parts.headers).await {
                 Ok(identity) => identity,
                 Err(response) => return response,
             };
-            if !route.route.authorization.is_empty() && !identity.has_any_role(&route.route.authorization) {
+            if !route.route.authorization.is_empty() && !caller.has_any_role(&route.route.authorization) {
                 let message = format!("this route needs one of the roles: {}", route.route.authorization.join(", "));
                 return error(StatusCode::FORBIDDEN, "forbidden", &message);
             }
-            set_identity(&mut parts.headers, &identity);
+            set_identity(&mut parts.headers, &caller);
+            identity = Some(caller);
+        }
+        let mut limited = None;
+        if let Some(limiter) = &route.limiter {
+            let ip = client_ip(&parts.headers, peer.ip(), self.trust_forwarded);
+            match self.rate_limit(&route, limiter, identity.as_ref(), ip).await {
+                Ok(state) => limited = Some(state),
+                Err(response) => return response,
+            }
         }
 
         let Some(upstream) = self.upstreams.get(&route.route.service_id) else {
@@ -128,7 +142,58 @@ impl Edge {
         if let Ok(id) = HeaderValue::from_str(&route.route.id) {
             response.headers_mut().insert(ROUTE_HEADER, id);
         }
+        if let (Some((remaining, reset)), Some(limiter)) = (limited, &route.limiter) {
+            rate_limit_headers(response.headers_mut(), &limiter.config, remaining, reset);
+        }
         response.map(Either::Left)
+    }
+
+    /// Checks each of the route's limits (per user, per IP); the tightest remaining allowance, or
+    /// the 429 (503 when Redis is down and the failure mode is closed).
+    async fn rate_limit(
+        &self,
+        route: &CompiledRoute,
+        limiter: &RouteLimiter,
+        identity: Option<&Identity>,
+        ip: IpAddr,
+    ) -> Result<(u32, Duration), Response<EdgeBody>> {
+        let mut tightest: Option<(u32, Duration)> = None;
+        for per in &limiter.config.per {
+            let key = match (per, identity) {
+                (LimitKey::User, Some(caller)) => format!("{}u:{}", route.redis_prefix, caller.subject),
+                _ => format!("{}ip:{ip}", route.redis_prefix),
+            };
+            match self.limits.check(limiter, &key).await {
+                Decision::Allowed { remaining, reset } => {
+                    if tightest.is_none_or(|(r, _)| remaining < r) {
+                        tightest = Some((remaining, reset));
+                    }
+                }
+                Decision::Limited { retry_after, reset } => {
+                    let mut response = error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        &format!(
+                            "rate limit of {} requests per {} exceeded",
+                            limiter.config.requests,
+                            humantime::format_duration(limiter.config.window)
+                        ),
+                    );
+                    let headers = response.headers_mut();
+                    headers.insert(header::RETRY_AFTER, HeaderValue::from(ceil_secs(retry_after).max(1)));
+                    rate_limit_headers(headers, &limiter.config, 0, reset);
+                    return Err(response);
+                }
+                Decision::Unavailable => {
+                    return Err(error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "rate_limit_unavailable",
+                        "the shared rate limit store is unreachable",
+                    ))
+                }
+            }
+        }
+        Ok(tightest.unwrap_or((limiter.config.requests, Duration::ZERO)))
     }
 
     async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, Response<EdgeBody>> {
@@ -171,6 +236,25 @@ impl Edge {
             Err(never) => match never {},
         };
         response.map(Either::Right)
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// The IETF RateLimit fields: limit, remaining, seconds until the allowance is whole again, policy.
+fn rate_limit_headers(headers: &mut HeaderMap, limit: &RateLimit, remaining: u32, reset: Duration) {
+    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(limit.requests));
+    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(remaining));
+    headers.insert(RATELIMIT_RESET, HeaderValue::from(ceil_secs(reset)));
+    if let Ok(policy) = HeaderValue::from_str(&format!("{};w={}", limit.requests, ceil_secs(limit.window))) {
+        headers.insert(RATELIMIT_POLICY, policy);
     }
 }
 

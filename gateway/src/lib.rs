@@ -16,6 +16,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod json;
+pub mod ratelimit;
 pub mod rest;
 pub mod routes;
 
@@ -169,6 +170,14 @@ pub async fn run(
         store_routes_file(&state, &config.routes_file).await?;
     }
 
+    let shared = match config.redis() {
+        Some(url) => Some(Arc::new(
+            ratelimit::Shared::connect(&url, config.rate_limit_redis_timeout, config.rate_limit_redis_failure).await?,
+        )),
+        None => None,
+    };
+    let limits = ratelimit::Limits { shared };
+    let forgetting = tokio::spawn(routes.clone().forget_idle_callers());
     let edge = Arc::new(edge::Edge {
         proxy: Proxy::new(upstreams.clone(), String::new()),
         upstreams,
@@ -177,6 +186,7 @@ pub async fn run(
         management: router(state, &config),
         admin_role: config.admin_role.clone(),
         trust_forwarded: config.trust_forwarded,
+        limits,
     });
     info!(addr = %listener.local_addr()?, control_plane = %config.orchestration_url, node = %node, "gateway serving");
     let serving = tokio::spawn(edge.serve(listener, stop.clone()));
@@ -184,6 +194,7 @@ pub async fn run(
     stop.cancel();
     let _ = serving.await;
     let _ = watching.await;
+    forgetting.abort();
     info!("gateway stopped");
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! streams (or the saved one), swapped in whole. A config whose routes do not compile is refused
 //! (NACK) and the previous routes stay.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,8 @@ use reskflow_proto::dataplane::DataPlaneConfig;
 use reskflow_proto::route::Route;
 use reskflow_sidecar::routing::RouteTable;
 
+use crate::ratelimit::RouteLimiter;
+
 /// One route, ready for requests.
 #[derive(Debug)]
 pub struct CompiledRoute {
@@ -17,11 +20,16 @@ pub struct CompiledRoute {
     /// Largest request body accepted.
     pub max_body: usize,
     pub timeout: Option<Duration>,
+    /// Kept across configs while the route's limit is unchanged, so callers keep their state.
+    pub limiter: Option<Arc<RouteLimiter>>,
+    /// `rateLimit` key prefix in Redis.
+    pub redis_prefix: String,
 }
 
 #[derive(Debug, Default)]
 pub struct RouteSet {
     pub table: RouteTable<Arc<CompiledRoute>>,
+    pub by_id: HashMap<String, Arc<CompiledRoute>>,
     /// The config version the routes came with.
     pub version: u64,
 }
@@ -32,9 +40,24 @@ pub struct Defaults {
     pub max_body: usize,
 }
 
-pub fn compile(route: &Route, defaults: &Defaults) -> Result<CompiledRoute, String> {
+/// Compiles `route`, reusing what `previous` (the route of the same id in the current set) holds
+/// when it still applies.
+pub fn compile(route: &Route, defaults: &Defaults, previous: Option<&CompiledRoute>) -> Result<CompiledRoute, String> {
     let max_body = route.max_body_bytes.map_or(defaults.max_body, |m| usize::try_from(m).unwrap_or(usize::MAX));
-    Ok(CompiledRoute { route: route.clone(), max_body, timeout: route.timeout })
+    let limiter = match &route.rate_limit {
+        None => None,
+        Some(limit) => match previous.and_then(|p| p.limiter.as_ref()) {
+            Some(kept) if kept.config == *limit => Some(kept.clone()),
+            _ => Some(Arc::new(RouteLimiter::new(limit)?)),
+        },
+    };
+    Ok(CompiledRoute {
+        route: route.clone(),
+        max_body,
+        timeout: route.timeout,
+        limiter,
+        redis_prefix: format!("reskflow:rl:{}:", route.id),
+    })
 }
 
 /// The live routes, replaced whole on each config.
@@ -56,8 +79,10 @@ impl Routes {
     pub fn apply(&self, config: &DataPlaneConfig) -> Result<(), String> {
         let mut compiled = Vec::with_capacity(config.routes.len());
         let mut problems = Vec::new();
+        let current = self.current.load_full();
         for route in &config.routes {
-            match compile(route, &self.defaults) {
+            let previous = current.by_id.get(&route.id).map(|r| &**r);
+            match compile(route, &self.defaults, previous) {
                 Ok(c) => compiled.push((route, Arc::new(c))),
                 Err(why) => problems.push(format!("route {}: {why}", route.id)),
             }
@@ -73,7 +98,22 @@ impl Routes {
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
-        self.current.store(Arc::new(RouteSet { table, version: config.version }));
+        let by_id = compiled.into_iter().map(|(r, c)| (r.id.clone(), c)).collect();
+        self.current.store(Arc::new(RouteSet { table, by_id, version: config.version }));
         Ok(())
+    }
+
+    /// Every minute, forgets rate-limit state of callers that are back to a full allowance.
+    pub async fn forget_idle_callers(self: Arc<Self>) {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            for route in self.current.load().by_id.values() {
+                if let Some(l) = &route.limiter {
+                    l.forget_idle();
+                }
+            }
+        }
     }
 }

@@ -382,3 +382,106 @@ async fn tokens_and_api_keys_authenticate_roles_authorize_and_identity_headers_c
     let (status, _, _) = get_with(&gw, "/api/registry/services", &[("authorization", &bearer(&customer))]).await;
     assert_eq!(status, 403);
 }
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A name no earlier run used (limits in Redis outlive a test run).
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_per_user_limit_through_redis() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    let orders = EchoBackend::start("orders-1").await;
+    service_with(&client, "orders", &[&orders]).await;
+    let env = [("JWT_SECRET", SECRET), ("REDIS_URL", &redis_url())];
+    let a = Gateway::start_with(&cp, &env).await;
+    let b = Gateway::start_with(&cp, &env).await;
+    let admin = hs256(&json!({ "sub": "ops", "roles": ["admin"], "exp": now() + 600 }), SECRET);
+    let route = unique("limited");
+    let response = a
+        .http()
+        .put(format!("{}/api/gateway/routes/{route}", a.url))
+        .header("authorization", format!("Bearer {admin}"))
+        .json(&json!({ "path": "/api/limited/*", "serviceId": "orders", "authentication": true,
+                       "rateLimit": { "requests": 5, "window": "1m" } }))
+        .send()
+        .await
+        .expect("put route");
+    assert_eq!(response.status(), 200);
+    let alice = format!("Bearer {}", hs256(&json!({ "sub": unique("alice"), "exp": now() + 600 }), SECRET));
+    let bob = format!("Bearer {}", hs256(&json!({ "sub": unique("bob"), "exp": now() + 600 }), SECRET));
+    for gw in [&a, &b] {
+        eventually("the limited route on both replicas", WAIT, || async {
+            let (status, _, _) = get_with(gw, "/api/limited/x", &[("authorization", &bob)]).await;
+            (status == 200).then_some(())
+        })
+        .await;
+    }
+
+    // Alice's five requests, alternating replicas, are all the allowance there is between them.
+    let mut remaining = Vec::new();
+    for i in 0..5 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let (status, headers, body) = get_with(gw, "/api/limited/x", &[("authorization", &alice)]).await;
+        assert_eq!(status, 200, "request {i}: {body}");
+        assert_eq!(headers["ratelimit-limit"], "5");
+        assert_eq!(headers["ratelimit-policy"], "5;w=60");
+        remaining.push(headers["ratelimit-remaining"].to_str().unwrap_or("").to_string());
+    }
+    assert_eq!(remaining, ["4", "3", "2", "1", "0"]);
+    for gw in [&a, &b] {
+        let (status, headers, body) = get_with(gw, "/api/limited/x", &[("authorization", &alice)]).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (429, Some("rate_limited")), "{body}");
+        let retry_after: u64 = headers["retry-after"].to_str().ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        assert!((1..=12).contains(&retry_after), "one request every 12 s: {retry_after}");
+        assert_eq!(headers["ratelimit-remaining"], "0");
+    }
+    // Bob has his own allowance (he used one above on each replica).
+    let (status, headers, _) = get_with(&b, "/api/limited/x", &[("authorization", &bob)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["ratelimit-remaining"], "2");
+}
+
+#[tokio::test]
+async fn without_redis_limits_are_local_per_ip_or_closed_as_configured() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    let orders = EchoBackend::start("orders-1").await;
+    service_with(&client, "orders", &[&orders]).await;
+    // Nothing listens on this port: Redis is down from the start.
+    let dead = format!("redis://127.0.0.1:{}", reskflow_e2e::harness::free_port());
+    let local = Gateway::start_with(&cp, &[("REDIS_URL", &dead)]).await;
+    let closed = Gateway::start_with(&cp, &[("REDIS_URL", &dead), ("RATE_LIMIT_REDIS_FAILURE", "closed")]).await;
+    let (status, body) = local
+        .put(
+            "/api/gateway/routes/by-ip",
+            json!({ "path": "/api/by-ip/*", "serviceId": "orders", "rateLimit": { "requests": 3, "window": "1h", "per": ["ip"] } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the route on the local replica", WAIT, || async {
+        let (status, _, _) = get_with(&local, "/api/by-ip/x", &[]).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    let (status, _, _) = get_with(&local, "/api/by-ip/x", &[]).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = get_with(&local, "/api/by-ip/x", &[]).await;
+    assert_eq!(status, 200);
+    let (status, headers, _) = get_with(&local, "/api/by-ip/x", &[]).await;
+    assert_eq!(status, 429, "the fourth request of this IP in an hour");
+    assert!(headers.contains_key("retry-after"));
+
+    let body = eventually("the closed replica refuses", WAIT, || async {
+        let (status, _, body) = get_with(&closed, "/api/by-ip/x", &[]).await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert_eq!(body["error"]["code"], "rate_limit_unavailable");
+}

@@ -1,0 +1,283 @@
+//! Per-route rate limits with GCRA (a smooth limit: `requests` per `window`, up to `requests` in a
+//! burst, then one every `window / requests`), per caller (token subject or API key consumer) and
+//! optionally per client IP.
+//!
+//! Locally each route has a keyed `governor` limiter. With `REDIS_URL` the limit is shared by every
+//! gateway replica: one `EVALSHA` of a GCRA script per request, timed by Redis's clock so replicas
+//! agree. When Redis fails (or answers slower than `RATE_LIMIT_REDIS_TIMEOUT`) the gateway stops
+//! asking it for a second and decides by `RATE_LIMIT_REDIS_FAILURE`: `local` (the replica's own
+//! limit), `open` (allow) or `closed` (refuse with 503); the metrics count each such decision.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use reskflow_proto::route::RateLimit;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+type Keyed = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+
+/// What to do when Redis cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Use the replica's local limit.
+    #[default]
+    Local,
+    /// Allow the request.
+    Open,
+    /// Refuse the request (503).
+    Closed,
+}
+
+/// The answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allowed {
+        remaining: u32,
+        reset: Duration,
+    },
+    Limited {
+        retry_after: Duration,
+        reset: Duration,
+    },
+    /// Redis is unreachable and the failure mode is `closed`.
+    Unavailable,
+}
+
+/// One route's limit.
+pub struct RouteLimiter {
+    pub config: RateLimit,
+    local: Keyed,
+    /// Emission interval and burst tolerance, in milliseconds (for Redis).
+    interval_ms: u64,
+    tolerance_ms: u64,
+}
+
+impl std::fmt::Debug for RouteLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteLimiter").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl RouteLimiter {
+    pub fn new(config: &RateLimit) -> Result<RouteLimiter, String> {
+        let burst = NonZeroU32::new(config.requests).ok_or("rateLimit.requests must be positive")?;
+        let interval = config.window / config.requests;
+        let quota = Quota::with_period(interval).ok_or("rateLimit.window is too short")?.allow_burst(burst);
+        let interval_ms = (interval.as_millis() as u64).max(1);
+        Ok(RouteLimiter {
+            config: config.clone(),
+            local: RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>(),
+            interval_ms,
+            tolerance_ms: (config.window.as_millis() as u64).saturating_sub(interval_ms),
+        })
+    }
+
+    /// Decides locally.
+    pub fn check_local(&self, key: &str) -> Decision {
+        match self.local.check_key(&key.to_string()) {
+            Ok(state) => {
+                let remaining = state.remaining_burst_capacity();
+                let used = self.config.requests.saturating_sub(remaining);
+                Decision::Allowed { remaining, reset: self.per_request() * used }
+            }
+            Err(not_until) => {
+                let retry_after = not_until.wait_time_from(self.local.clock().now());
+                Decision::Limited { retry_after, reset: retry_after + self.per_request() * (self.config.requests - 1) }
+            }
+        }
+    }
+
+    fn per_request(&self) -> Duration {
+        self.config.window / self.config.requests
+    }
+
+    /// Forgets callers whose state is back to full (keeps memory bounded by active callers).
+    pub fn forget_idle(&self) {
+        self.local.retain_recent();
+        self.local.shrink_to_fit();
+    }
+
+    pub fn callers(&self) -> usize {
+        self.local.len()
+    }
+}
+
+/// GCRA in one round trip. KEYS[1]: the caller's key. ARGV: emission interval and burst tolerance
+/// (ms). Returns {allowed (0/1), remaining, retry after (ms), reset (ms)}. Redis's own clock, so
+/// every replica measures time alike.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - tolerance - interval
+if now < allow_at then
+  return {0, 0, allow_at - now, tat - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
+local remaining = math.floor((tolerance + interval - (new_tat - now)) / interval)
+return {1, remaining, 0, new_tat - now}
+";
+
+/// Shared limits in Redis, with the fallback.
+pub struct Shared {
+    conn: redis::aio::ConnectionManager,
+    script: redis::Script,
+    timeout: Duration,
+    failure_mode: FailureMode,
+    /// Until when (clock ms) Redis is not asked, after a failure.
+    down_until_ms: AtomicU64,
+    pub stats: SharedStats,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedStats {
+    pub redis_errors: AtomicU64,
+    /// Requests decided without Redis because it was failing.
+    pub fallback_decisions: AtomicU64,
+}
+
+const BACKOFF_MS: u64 = 1_000;
+
+/// The script's answer: allowed (0/1), remaining, retry after (ms), reset (ms).
+type GcraAnswer = (u8, u64, u64, u64);
+
+impl Shared {
+    /// Connects (lazily retrying); Err when the URL is not usable.
+    pub async fn connect(url: &str, timeout: Duration, failure_mode: FailureMode) -> anyhow::Result<Shared> {
+        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        let conn = match tokio::time::timeout(
+            Duration::from_secs(2),
+            redis::aio::ConnectionManager::new_with_config(client.clone(), config.clone()),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => conn,
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                warn!(%why, "Redis is not reachable at start; rate limits fall back until it is");
+                redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?
+            }
+        };
+        Ok(Shared {
+            conn,
+            script: redis::Script::new(GCRA),
+            timeout,
+            failure_mode,
+            down_until_ms: AtomicU64::new(0),
+            stats: SharedStats::default(),
+        })
+    }
+
+    /// Whether Redis answered its last call (or has not been tried since).
+    pub fn healthy(&self) -> bool {
+        reskflow_sidecar::clock::now_ms() >= self.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Decides in Redis; on failure by the failure mode.
+    pub async fn check(&self, limiter: &RouteLimiter, key: &str) -> Decision {
+        let now = reskflow_sidecar::clock::now_ms();
+        if now < self.down_until_ms.load(Ordering::Relaxed) {
+            return self.fallback(limiter, key);
+        }
+        let mut conn = self.conn.clone();
+        let mut invocation = self.script.key(key);
+        invocation.arg(limiter.interval_ms).arg(limiter.tolerance_ms);
+        let answer = tokio::time::timeout(self.timeout, invocation.invoke_async::<GcraAnswer>(&mut conn)).await;
+        match answer {
+            Ok(Ok((allowed, remaining, retry_after_ms, reset_ms))) => {
+                let reset = Duration::from_millis(reset_ms);
+                if allowed == 1 {
+                    Decision::Allowed { remaining: u32::try_from(remaining).unwrap_or(u32::MAX), reset }
+                } else {
+                    Decision::Limited { retry_after: Duration::from_millis(retry_after_ms), reset }
+                }
+            }
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {:?}", self.timeout),
+                };
+                if self.healthy() {
+                    warn!(%why, "Redis rate limit failed; falling back for a second");
+                }
+                self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+                self.down_until_ms.store(now + BACKOFF_MS, Ordering::Relaxed);
+                self.fallback(limiter, key)
+            }
+        }
+    }
+
+    fn fallback(&self, limiter: &RouteLimiter, key: &str) -> Decision {
+        self.stats.fallback_decisions.fetch_add(1, Ordering::Relaxed);
+        match self.failure_mode {
+            FailureMode::Local => limiter.check_local(key),
+            FailureMode::Open => Decision::Allowed { remaining: limiter.config.requests, reset: Duration::ZERO },
+            FailureMode::Closed => Decision::Unavailable,
+        }
+    }
+}
+
+/// Local or shared, per the configuration.
+pub struct Limits {
+    pub shared: Option<Arc<Shared>>,
+}
+
+impl Limits {
+    pub async fn check(&self, limiter: &RouteLimiter, key: &str) -> Decision {
+        match &self.shared {
+            Some(shared) => shared.check(limiter, key).await,
+            None => limiter.check_local(key),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(requests: u32, window: &str) -> RouteLimiter {
+        let config: RateLimit =
+            serde_json::from_value(serde_json::json!({"requests": requests, "window": window})).expect("limit");
+        RouteLimiter::new(&config).expect("limiter")
+    }
+
+    #[test]
+    fn a_burst_of_the_limit_then_refusals_per_caller() {
+        let l = limit(3, "1m");
+        for expected in [2, 1, 0] {
+            assert!(matches!(l.check_local("alice"), Decision::Allowed { remaining, .. } if remaining == expected));
+        }
+        match l.check_local("alice") {
+            Decision::Limited { retry_after, .. } => {
+                assert!(
+                    retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20),
+                    "{retry_after:?}"
+                )
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(matches!(l.check_local("bob"), Decision::Allowed { remaining: 2, .. }), "callers are apart");
+        assert_eq!(l.callers(), 2);
+    }
+}
