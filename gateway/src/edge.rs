@@ -22,9 +22,13 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::auth::{AuthError, Authenticator, Identity};
+use crate::metrics::Metrics;
 use crate::ratelimit::{Decision, Limits, RouteLimiter};
 use crate::routes::{CompiledRoute, Routes};
 use reskflow_proto::route::{LimitKey, RateLimit};
+use reskflow_sidecar::clock;
+use reskflow_sidecar::proxy::Verdict;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// What the gateway answers: a proxied (or data-plane made) body, or the REST API's.
@@ -62,6 +66,7 @@ pub struct Edge {
     pub admin_role: String,
     pub trust_forwarded: bool,
     pub limits: Limits,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Edge {
@@ -83,8 +88,10 @@ impl Edge {
             let path = path.into_owned();
             return self.management(req, &path).await;
         }
+        let started = clock::now_ns();
         let set = self.routes.load();
         let Some(matched) = set.table.lookup(req.method(), &path) else {
+            self.metrics.unmatched.fetch_add(1, Ordering::Relaxed);
             let message = format!("no route for {} {}", req.method(), path);
             return error(StatusCode::NOT_FOUND, "no_route", &message);
         };
@@ -98,12 +105,39 @@ impl Edge {
             upstream_path.push('?');
             upstream_path.push_str(query);
         }
+        let response = self.through(&route, req, upstream_path, peer).await;
+        let m = &route.metrics;
+        m.count(response.status().as_u16(), Duration::from_nanos(clock::now_ns().saturating_sub(started)));
+        let counter = match response.extensions().get::<Refused>() {
+            Some(Refused::Unauthenticated) => Some(&m.auth_failures),
+            Some(Refused::Forbidden) => Some(&m.forbidden),
+            Some(Refused::RateLimited) => Some(&m.rate_limited),
+            Some(Refused::Invalid) => Some(&m.validation_failures),
+            None => match response.extensions().get::<Verdict>() {
+                Some(Verdict::BreakerOpen) => Some(&m.breaker_rejections),
+                Some(Verdict::NoEndpoint | Verdict::UpstreamError | Verdict::Timeout) => Some(&m.upstream_errors),
+                None => None,
+            },
+        };
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        response
+    }
 
+    /// A matched request from the body check to the upstream's answer.
+    async fn through(
+        &self,
+        route: &CompiledRoute,
+        req: Request<Incoming>,
+        upstream_path: String,
+        peer: SocketAddr,
+    ) -> Response<EdgeBody> {
         let (mut parts, body) = req.into_parts();
         let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|len| len > route.max_body as u64) {
             let message = format!("the body may be at most {} bytes on this route", route.max_body);
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &message);
+            return refused(Refused::Invalid, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &message);
         }
 
         for name in &IDENTITY_HEADERS {
@@ -117,7 +151,7 @@ impl Edge {
             };
             if !route.route.authorization.is_empty() && !caller.has_any_role(&route.route.authorization) {
                 let message = format!("this route needs one of the roles: {}", route.route.authorization.join(", "));
-                return error(StatusCode::FORBIDDEN, "forbidden", &message);
+                return refused(Refused::Forbidden, StatusCode::FORBIDDEN, "forbidden", &message);
             }
             set_identity(&mut parts.headers, &caller);
             identity = Some(caller);
@@ -125,7 +159,7 @@ impl Edge {
         let mut limited = None;
         if let Some(limiter) = &route.limiter {
             let ip = client_ip(&parts.headers, peer.ip(), self.trust_forwarded);
-            match self.rate_limit(&route, limiter, identity.as_ref(), ip).await {
+            match self.rate_limit(route, limiter, identity.as_ref(), ip).await {
                 Ok(state) => limited = Some(state),
                 Err(response) => return response,
             }
@@ -170,7 +204,8 @@ impl Edge {
                     }
                 }
                 Decision::Limited { retry_after, reset } => {
-                    let mut response = error(
+                    let mut response = refused(
+                        Refused::RateLimited,
                         StatusCode::TOO_MANY_REQUESTS,
                         "rate_limited",
                         &format!(
@@ -313,8 +348,24 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: bool) -> IpAddr {
     peer
 }
 
+/// Why the gateway itself refused a request (a response extension, for the route's metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Unauthenticated,
+    Forbidden,
+    RateLimited,
+    /// Validation failed or the body is too large.
+    Invalid,
+}
+
+fn refused(why: Refused, status: StatusCode, code: &str, message: &str) -> Response<EdgeBody> {
+    let mut response = error(status, code, message);
+    response.extensions_mut().insert(why);
+    response
+}
+
 fn unauthorized(err: &AuthError) -> Response<EdgeBody> {
-    let mut response = error(StatusCode::UNAUTHORIZED, "unauthenticated", err.message());
+    let mut response = refused(Refused::Unauthenticated, StatusCode::UNAUTHORIZED, "unauthenticated", err.message());
     let challenge = match err {
         AuthError::Missing => HeaderValue::from_static("Bearer realm=\"reskflow\""),
         AuthError::Invalid(_) => HeaderValue::from_static("Bearer realm=\"reskflow\", error=\"invalid_token\""),

@@ -16,6 +16,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod json;
+pub mod metrics;
 pub mod ratelimit;
 pub mod rest;
 pub mod routes;
@@ -58,6 +59,10 @@ pub struct AppState {
     /// This gateway's location (`REGION`, `ZONE`).
     pub region: String,
     pub zone: String,
+    /// The data plane this gateway proxies through, and what it counts (for the metrics endpoints).
+    pub upstreams: Arc<Upstreams>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub shared_limits: Option<Arc<ratelimit::Shared>>,
 }
 
 impl AppState {
@@ -78,6 +83,9 @@ impl AppState {
             request_timeout: config.request_timeout,
             region: config.region.clone(),
             zone: config.zone.clone(),
+            upstreams: Arc::new(Upstreams::new(Locality::default())),
+            metrics: Arc::default(),
+            shared_limits: None,
         })
     }
 
@@ -95,6 +103,8 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .merge(rest::workflows::routes())
         .merge(rest::dataplane::routes())
         .merge(rest::routes::routes())
+        .route("/api/gateway/metrics", get(gateway_metrics))
+        .route("/metrics", get(prometheus))
         .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/ready", get(ready))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -119,6 +129,45 @@ async fn reject_oversized(max: usize, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// Per-route metrics (JSON), with the shared rate limit store's health.
+async fn gateway_metrics(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let mut body = state.metrics.json();
+    body["configVersion"] = state.upstreams.version().into();
+    if let Some(shared) = &state.shared_limits {
+        body["redis"] = serde_json::json!({
+            "healthy": shared.healthy(),
+            "errors": shared.stats.redis_errors.load(Ordering::Relaxed),
+            "fallbackDecisions": shared.stats.fallback_decisions.load(Ordering::Relaxed),
+        });
+    }
+    Json(body)
+}
+
+/// Prometheus text: routes, then the data plane's upstreams and breakers.
+async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
+    let mut out = String::with_capacity(8192);
+    state.metrics.prometheus(&mut out);
+    if let Some(shared) = &state.shared_limits {
+        use std::fmt::Write;
+        let _ = writeln!(out, "# HELP reskflow_gateway_redis_up Whether the shared rate limit store answers.");
+        let _ = writeln!(out, "# TYPE reskflow_gateway_redis_up gauge");
+        let _ = writeln!(out, "reskflow_gateway_redis_up {}", u8::from(shared.healthy()));
+        let _ = writeln!(out, "# HELP reskflow_gateway_redis_errors_total Failed calls to Redis.");
+        let _ = writeln!(out, "# TYPE reskflow_gateway_redis_errors_total counter");
+        let _ =
+            writeln!(out, "reskflow_gateway_redis_errors_total {}", shared.stats.redis_errors.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP reskflow_gateway_rate_limit_fallback_total Limits decided without Redis.");
+        let _ = writeln!(out, "# TYPE reskflow_gateway_rate_limit_fallback_total counter");
+        let _ = writeln!(
+            out,
+            "reskflow_gateway_rate_limit_fallback_total {}",
+            shared.stats.fallback_decisions.load(Ordering::Relaxed)
+        );
+    }
+    reskflow_sidecar::admin::upstream_metrics(&mut out, "reskflow_gateway", &state.upstreams);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
 /// Ready when the control plane answers its gRPC health check.
 async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let mut health = state.health.clone();
@@ -138,12 +187,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = AppState::connect(&config)?;
+    let mut state = AppState::connect(&config)?;
     let auth = auth::Authenticator::from_config(&config).await?;
-    let routes = Arc::new(routes::Routes::new(routes::Defaults { max_body: config.max_body_bytes }));
+    let metrics = state.metrics.clone();
+    let routes = Arc::new(routes::Routes::new(routes::Defaults { max_body: config.max_body_bytes }, metrics.clone()));
     let hook_routes = routes.clone();
     let locality = Locality { region: config.region.clone(), zone: config.zone.clone() };
     let upstreams = Arc::new(Upstreams::with_hook(locality, Box::new(move |c| hook_routes.apply(c))));
+    state.upstreams = upstreams.clone();
     let node = config.node();
     let cache = config.cache_path(&node);
     config_watch::load_saved(&cache, &upstreams);
@@ -176,6 +227,7 @@ pub async fn run(
         )),
         None => None,
     };
+    state.shared_limits = shared.clone();
     let limits = ratelimit::Limits { shared };
     let forgetting = tokio::spawn(routes.clone().forget_idle_callers());
     let edge = Arc::new(edge::Edge {
@@ -187,6 +239,7 @@ pub async fn run(
         admin_role: config.admin_role.clone(),
         trust_forwarded: config.trust_forwarded,
         limits,
+        metrics,
     });
     info!(addr = %listener.local_addr()?, control_plane = %config.orchestration_url, node = %node, "gateway serving");
     let serving = tokio::spawn(edge.serve(listener, stop.clone()));

@@ -9,7 +9,7 @@
 //! limit), `open` (allow) or `closed` (refuse with 503); the metrics count each such decision.
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,6 +138,8 @@ pub struct Shared {
     failure_mode: FailureMode,
     /// Until when (clock ms) Redis is not asked, after a failure.
     down_until_ms: AtomicU64,
+    /// Whether the last call to Redis succeeded.
+    up: AtomicBool,
     pub stats: SharedStats,
 }
 
@@ -162,6 +164,7 @@ impl Shared {
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1);
+        let mut up = true;
         let conn = match tokio::time::timeout(
             Duration::from_secs(2),
             redis::aio::ConnectionManager::new_with_config(client.clone(), config.clone()),
@@ -175,6 +178,7 @@ impl Shared {
                     _ => "timed out".to_string(),
                 };
                 warn!(%why, "Redis is not reachable at start; rate limits fall back until it is");
+                up = false;
                 redis::aio::ConnectionManager::new_lazy_with_config(client, config)
                     .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?
             }
@@ -185,13 +189,14 @@ impl Shared {
             timeout,
             failure_mode,
             down_until_ms: AtomicU64::new(0),
+            up: AtomicBool::new(up),
             stats: SharedStats::default(),
         })
     }
 
-    /// Whether Redis answered its last call (or has not been tried since).
+    /// Whether Redis answered its last call.
     pub fn healthy(&self) -> bool {
-        reskflow_sidecar::clock::now_ms() >= self.down_until_ms.load(Ordering::Relaxed)
+        self.up.load(Ordering::Relaxed)
     }
 
     /// Decides in Redis; on failure by the failure mode.
@@ -206,6 +211,7 @@ impl Shared {
         let answer = tokio::time::timeout(self.timeout, invocation.invoke_async::<GcraAnswer>(&mut conn)).await;
         match answer {
             Ok(Ok((allowed, remaining, retry_after_ms, reset_ms))) => {
+                self.up.store(true, Ordering::Relaxed);
                 let reset = Duration::from_millis(reset_ms);
                 if allowed == 1 {
                     Decision::Allowed { remaining: u32::try_from(remaining).unwrap_or(u32::MAX), reset }
@@ -218,8 +224,8 @@ impl Shared {
                     Ok(Err(e)) => e.to_string(),
                     _ => format!("no answer within {:?}", self.timeout),
                 };
-                if self.healthy() {
-                    warn!(%why, "Redis rate limit failed; falling back for a second");
+                if self.up.swap(false, Ordering::Relaxed) {
+                    warn!(%why, "Redis rate limit failed; falling back (Redis is retried every second)");
                 }
                 self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
                 self.down_until_ms.store(now + BACKOFF_MS, Ordering::Relaxed);

@@ -11,6 +11,7 @@ use reskflow_proto::dataplane::DataPlaneConfig;
 use reskflow_proto::route::Route;
 use reskflow_sidecar::routing::RouteTable;
 
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::ratelimit::RouteLimiter;
 
 /// One route, ready for requests.
@@ -24,6 +25,7 @@ pub struct CompiledRoute {
     pub limiter: Option<Arc<RouteLimiter>>,
     /// `rateLimit` key prefix in Redis.
     pub redis_prefix: String,
+    pub metrics: Arc<RouteMetrics>,
 }
 
 #[derive(Debug, Default)]
@@ -42,7 +44,12 @@ pub struct Defaults {
 
 /// Compiles `route`, reusing what `previous` (the route of the same id in the current set) holds
 /// when it still applies.
-pub fn compile(route: &Route, defaults: &Defaults, previous: Option<&CompiledRoute>) -> Result<CompiledRoute, String> {
+pub fn compile(
+    route: &Route,
+    defaults: &Defaults,
+    previous: Option<&CompiledRoute>,
+    metrics: Arc<RouteMetrics>,
+) -> Result<CompiledRoute, String> {
     let max_body = route.max_body_bytes.map_or(defaults.max_body, |m| usize::try_from(m).unwrap_or(usize::MAX));
     let limiter = match &route.rate_limit {
         None => None,
@@ -57,6 +64,7 @@ pub fn compile(route: &Route, defaults: &Defaults, previous: Option<&CompiledRou
         timeout: route.timeout,
         limiter,
         redis_prefix: format!("reskflow:rl:{}:", route.id),
+        metrics,
     })
 }
 
@@ -64,11 +72,12 @@ pub fn compile(route: &Route, defaults: &Defaults, previous: Option<&CompiledRou
 pub struct Routes {
     current: ArcSwap<RouteSet>,
     defaults: Defaults,
+    metrics: Arc<Metrics>,
 }
 
 impl Routes {
-    pub fn new(defaults: Defaults) -> Routes {
-        Routes { current: ArcSwap::from_pointee(RouteSet::default()), defaults }
+    pub fn new(defaults: Defaults, metrics: Arc<Metrics>) -> Routes {
+        Routes { current: ArcSwap::from_pointee(RouteSet::default()), defaults, metrics }
     }
 
     pub fn load(&self) -> arc_swap::Guard<Arc<RouteSet>> {
@@ -82,7 +91,7 @@ impl Routes {
         let current = self.current.load_full();
         for route in &config.routes {
             let previous = current.by_id.get(&route.id).map(|r| &**r);
-            match compile(route, &self.defaults, previous) {
+            match compile(route, &self.defaults, previous, self.metrics.route(&route.id)) {
                 Ok(c) => compiled.push((route, Arc::new(c))),
                 Err(why) => problems.push(format!("route {}: {why}", route.id)),
             }

@@ -53,12 +53,19 @@ async fn breakers(State(a): State<Admin>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
-    let table = a.upstreams.table();
-    let now = clock::now_ms();
     let mut out = String::with_capacity(4096);
-    let _ = writeln!(out, "# HELP reskflow_sidecar_config_version The config version in use.");
-    let _ = writeln!(out, "# TYPE reskflow_sidecar_config_version gauge");
-    let _ = writeln!(out, "reskflow_sidecar_config_version {}", table.config.version);
+    upstream_metrics(&mut out, "reskflow_sidecar", &a.upstreams);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// Prometheus text for the data plane's upstreams (config version, counters, breakers, endpoints),
+/// each metric named `<prefix>_...`; the sidecar and the gateway both expose it.
+pub fn upstream_metrics(out: &mut String, prefix: &str, upstreams: &Upstreams) {
+    let table = upstreams.table();
+    let now = clock::now_ms();
+    let _ = writeln!(out, "# HELP {prefix}_config_version The config version in use.");
+    let _ = writeln!(out, "# TYPE {prefix}_config_version gauge");
+    let _ = writeln!(out, "{prefix}_config_version {}", table.config.version);
     let mut services: Vec<_> = table.upstreams.iter().collect();
     services.sort_by(|a, b| a.0.cmp(b.0));
     let counters: [Counter; 9] = [
@@ -77,14 +84,14 @@ async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
         ("responses_5xx_total", "5xx responses from the upstream.", |s| s.responses_5xx.load(Ordering::Relaxed)),
     ];
     for (name, help, read) in counters {
-        let _ = writeln!(out, "# HELP reskflow_sidecar_upstream_{name} {help}");
-        let _ = writeln!(out, "# TYPE reskflow_sidecar_upstream_{name} counter");
+        let _ = writeln!(out, "# HELP {prefix}_upstream_{name} {help}");
+        let _ = writeln!(out, "# TYPE {prefix}_upstream_{name} counter");
         for (id, u) in &services {
-            let _ = writeln!(out, "reskflow_sidecar_upstream_{name}{{service=\"{id}\"}} {}", read(&u.stats));
+            let _ = writeln!(out, "{prefix}_upstream_{name}{{service=\"{id}\"}} {}", read(&u.stats));
         }
     }
-    let _ = writeln!(out, "# HELP reskflow_sidecar_breaker_state Circuit breaker state (1 for the current one).");
-    let _ = writeln!(out, "# TYPE reskflow_sidecar_breaker_state gauge");
+    let _ = writeln!(out, "# HELP {prefix}_breaker_state Circuit breaker state (1 for the current one).");
+    let _ = writeln!(out, "# TYPE {prefix}_breaker_state gauge");
     for (id, u) in &services {
         let current = u.breaker.state_at(now);
         for s in [
@@ -96,7 +103,7 @@ async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
         ] {
             let _ = writeln!(
                 out,
-                "reskflow_sidecar_breaker_state{{service=\"{id}\",state=\"{}\"}} {}",
+                "{prefix}_breaker_state{{service=\"{id}\",state=\"{}\"}} {}",
                 s.as_str(),
                 u8::from(s == current)
             );
@@ -104,23 +111,18 @@ async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
     }
     let _ = writeln!(
         out,
-        "# HELP reskflow_sidecar_breaker_failure_rate Failure rate over the window, percent (-1: too few calls)."
+        "# HELP {prefix}_breaker_failure_rate Failure rate over the window, percent (-1: too few calls)."
     );
-    let _ = writeln!(out, "# TYPE reskflow_sidecar_breaker_failure_rate gauge");
+    let _ = writeln!(out, "# TYPE {prefix}_breaker_failure_rate gauge");
     for (id, u) in &services {
-        let _ = writeln!(
-            out,
-            "reskflow_sidecar_breaker_failure_rate{{service=\"{id}\"}} {}",
-            u.breaker.metrics().failure_rate
-        );
+        let _ = writeln!(out, "{prefix}_breaker_failure_rate{{service=\"{id}\"}} {}", u.breaker.metrics().failure_rate);
     }
-    let _ = writeln!(out, "# HELP reskflow_sidecar_endpoints Endpoints of the upstream, by whether they are ejected.");
-    let _ = writeln!(out, "# TYPE reskflow_sidecar_endpoints gauge");
+    let _ = writeln!(out, "# HELP {prefix}_endpoints Endpoints of the upstream, by whether they are ejected.");
+    let _ = writeln!(out, "# TYPE {prefix}_endpoints gauge");
     for (id, u) in &services {
         let total = u.balancer.endpoints().len();
         let available = u.balancer.available(now);
-        let _ = writeln!(out, "reskflow_sidecar_endpoints{{service=\"{id}\",ejected=\"false\"}} {available}");
-        let _ = writeln!(out, "reskflow_sidecar_endpoints{{service=\"{id}\",ejected=\"true\"}} {}", total - available);
+        let _ = writeln!(out, "{prefix}_endpoints{{service=\"{id}\",ejected=\"false\"}} {available}");
+        let _ = writeln!(out, "{prefix}_endpoints{{service=\"{id}\",ejected=\"true\"}} {}", total - available);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -38,6 +38,18 @@ pub type UpstreamBody = Either<PooledBody, Incoming>;
 /// What the proxy answers: the upstream's body streamed through, or one it made (errors, fallbacks).
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
+/// Set on responses the data plane made instead of the upstream (a response extension), so the
+/// gateway can count them per route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The breaker refused the call (the response is the fallback or a 503).
+    BreakerOpen,
+    NoEndpoint,
+    /// Connect error or reset.
+    UpstreamError,
+    Timeout,
+}
+
 #[derive(Debug, thiserror::Error)]
 enum SendFailure {
     #[error(transparent)]
@@ -128,7 +140,9 @@ impl Proxy {
             Ok(permit) => permit,
             Err(rejected) => {
                 upstream.stats.breaker_rejections.fetch_add(1, Ordering::Relaxed);
-                return self.fallback(upstream, rejected, req, path, timeout).await;
+                let mut response = self.fallback(upstream, rejected, req, path, timeout).await;
+                response.extensions_mut().insert(Verdict::BreakerOpen);
+                return response;
             }
         };
         let started = clock::now_ns();
@@ -188,8 +202,9 @@ impl Proxy {
             let pick = PickContext { hash_key: hash_key.as_ref().map(HeaderValue::as_bytes), now_ms: now };
             let Some(endpoint) = upstream.balancer.pick(pick).cloned() else {
                 upstream.stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
-                let response =
+                let mut response =
                     json_error(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint", &upstream.service, None);
+                response.extensions_mut().insert(Verdict::NoEndpoint);
                 return (response, Outcome::Failure(FailureKind::ConnectError));
             };
             // HTTP/1.1 goes out in origin form on a pooled connection; HTTP/2 needs the full URI.
@@ -266,21 +281,25 @@ impl Proxy {
                 Ok(Err(err)) => {
                     upstream.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
                     debug!(endpoint = %endpoint.spec.id, error = %err, "upstream request failed");
-                    json_error(
+                    let mut response = json_error(
                         StatusCode::BAD_GATEWAY,
                         "upstream connect error or reset",
                         &upstream.service,
                         Some(&endpoint.spec.id),
-                    )
+                    );
+                    response.extensions_mut().insert(Verdict::UpstreamError);
+                    response
                 }
                 Err(_) => {
                     upstream.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                    json_error(
+                    let mut response = json_error(
                         StatusCode::GATEWAY_TIMEOUT,
                         "upstream did not answer in time",
                         &upstream.service,
                         Some(&endpoint.spec.id),
-                    )
+                    );
+                    response.extensions_mut().insert(Verdict::Timeout);
+                    response
                 }
             };
             return (response, outcome);

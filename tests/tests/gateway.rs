@@ -381,6 +381,19 @@ async fn tokens_and_api_keys_authenticate_roles_authorize_and_identity_headers_c
     // A customer is not an admin.
     let (status, _, _) = get_with(&gw, "/api/registry/services", &[("authorization", &bearer(&customer))]).await;
     assert_eq!(status, 403);
+
+    // Each refusal is counted on its route.
+    let (status, _, metrics) = get_with(&gw, "/api/gateway/metrics", &[("authorization", &bearer(&admin))]).await;
+    assert_eq!(status, 200, "{metrics}");
+    let orders = metrics["routes"].as_array().and_then(|r| r.iter().find(|r| r["route"] == "orders")).cloned();
+    let orders = orders.unwrap_or_default();
+    assert_eq!(orders["authFailures"], 11, "{orders}");
+    assert_eq!(orders["forbidden"], 1, "{orders}");
+    assert!(orders["status"]["2xx"].as_u64().is_some_and(|n| n >= 2), "{orders}");
+    assert!(orders["latencyMs"]["p99"].as_f64().is_some_and(|ms| ms > 0.0), "{orders}");
+    let text = gw.http().get(format!("{}/metrics", gw.url)).send().await.expect("metrics").text().await.expect("text");
+    assert!(text.contains("reskflow_gateway_route_auth_failures_total{route=\"orders\"} 11"), "{text}");
+    assert!(text.contains("reskflow_gateway_breaker_state{service=\"orders\",state=\"CLOSED\"} 1"), "{text}");
 }
 
 fn redis_url() -> String {
@@ -484,4 +497,11 @@ async fn without_redis_limits_are_local_per_ip_or_closed_as_configured() {
     })
     .await;
     assert_eq!(body["error"]["code"], "rate_limit_unavailable");
+
+    // The metrics say Redis is down and how many decisions were made without it.
+    let (_, metrics) = local.get("/api/gateway/metrics").await;
+    assert_eq!(metrics["redis"]["healthy"], false, "{metrics}");
+    assert!(metrics["redis"]["fallbackDecisions"].as_u64().is_some_and(|n| n >= 4), "{metrics}");
+    let route = &metrics["routes"][0];
+    assert_eq!((route["route"].as_str(), route["rateLimited"].as_u64()), (Some("by-ip"), Some(1)), "{metrics}");
 }
