@@ -41,6 +41,7 @@ const ENV_VARS: &[&str] = &[
     "TRUST_FORWARDED",
     "RATE_LIMIT_REDIS_TIMEOUT",
     "RATE_LIMIT_REDIS_FAILURE",
+    "CACHE_MAX_BYTES",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +105,8 @@ pub struct Config {
     pub rate_limit_redis_timeout: Duration,
     /// When Redis fails: `local` (this replica's own limits), `open` (allow) or `closed` (503).
     pub rate_limit_redis_failure: crate::ratelimit::FailureMode,
+    /// Memory for cached responses (all routes).
+    pub cache_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -141,6 +144,7 @@ impl Default for Config {
             trust_forwarded: false,
             rate_limit_redis_timeout: Duration::from_millis(100),
             rate_limit_redis_failure: crate::ratelimit::FailureMode::Local,
+            cache_max_bytes: 64 * 1024 * 1024,
         }
     }
 }

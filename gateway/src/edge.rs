@@ -22,12 +22,16 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::auth::{AuthError, Authenticator, Identity};
+use crate::cache::{self, Cached, Entry, RequestDirective, ResponseCache, X_CACHE};
 use crate::metrics::Metrics;
 use crate::ratelimit::{Decision, Limits, RouteLimiter};
 use crate::routes::{CompiledRoute, Routes};
+use http::Method;
 use reskflow_proto::route::{LimitKey, RateLimit};
+use reskflow_sidecar::client::RequestBody;
 use reskflow_sidecar::clock;
 use reskflow_sidecar::proxy::Verdict;
+use reskflow_sidecar::upstreams::Upstream;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -67,6 +71,7 @@ pub struct Edge {
     pub trust_forwarded: bool,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    pub cache: Arc<ResponseCache>,
 }
 
 impl Edge {
@@ -172,14 +177,88 @@ impl Edge {
         forwarded_headers(&mut parts.headers, peer.ip(), self.trust_forwarded);
         let body = Either::Left(Limited::new(body, route.max_body));
         let request = Request::from_parts(parts, body);
-        let mut response = self.proxy.call(&upstream, request, Some(&upstream_path), route.timeout).await;
+        let mut response = match &route.route.cache {
+            Some(cache) if matches!(*request.method(), Method::GET | Method::HEAD) => {
+                self.cached(route, cache, &upstream, request, &upstream_path, identity.as_ref()).await
+            }
+            _ => self.proxy.call(&upstream, request, Some(&upstream_path), route.timeout).await.map(Either::Left),
+        };
         if let Ok(id) = HeaderValue::from_str(&route.route.id) {
             response.headers_mut().insert(ROUTE_HEADER, id);
         }
         if let (Some((remaining, reset)), Some(limiter)) = (limited, &route.limiter) {
             rate_limit_headers(response.headers_mut(), &limiter.config, remaining, reset);
         }
-        response.map(Either::Left)
+        response
+    }
+
+    /// A GET or HEAD on a cached route: from the cache, or from the upstream (one request per key
+    /// at a time) and stored when the answer allows.
+    async fn cached(
+        &self,
+        route: &CompiledRoute,
+        config: &reskflow_proto::route::Cache,
+        upstream: &Upstream,
+        req: Request<RequestBody>,
+        path: &str,
+        identity: Option<&Identity>,
+    ) -> Response<EdgeBody> {
+        let m = &route.metrics;
+        let directive = cache::request_directive(req.headers());
+        if directive == RequestDirective::Bypass {
+            let mut response = self.proxy.call(upstream, req, Some(path), route.timeout).await.map(Either::Left);
+            response.headers_mut().insert(X_CACHE, HeaderValue::from_static("BYPASS"));
+            return response;
+        }
+        let user = identity.map(|i| i.subject.as_str());
+        let key = ResponseCache::key(&route.route.id, req.method(), path, &config.vary_headers, req.headers(), user);
+        let head_only = req.method() == Method::HEAD;
+        if directive == RequestDirective::Normal {
+            if let Some(hit) = self.cache.entries().get(&key).await {
+                m.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return from_cache(&hit, "HIT", head_only);
+            }
+        }
+        // A GET's body is not sent on (it has no meaning); keep the head for a request of our own.
+        let (parts, _) = req.into_parts();
+        let ttl = Duration::from_secs(config.ttl);
+        let limit = config.max_body_bytes.map_or(DEFAULT_CACHE_ENTRY, |b| usize::try_from(b).unwrap_or(usize::MAX));
+        let slot = std::sync::Mutex::new(None);
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        let fetch = async {
+            ran.store(true, Ordering::Relaxed);
+            let request = Request::from_parts(parts.clone(), Either::Right(Full::new(Bytes::new())));
+            let response = self.proxy.call(upstream, request, Some(path), route.timeout).await;
+            store(&route.route.id, path, response, ttl, limit, &slot).await
+        };
+        let result = if directive == RequestDirective::Refresh {
+            match fetch.await {
+                Ok(entry) => {
+                    self.cache.entries().insert(key, entry.clone()).await;
+                    Ok(entry)
+                }
+                Err(()) => Err(()),
+            }
+        } else {
+            self.cache.entries().try_get_with(key, fetch).await.map_err(|_| ())
+        };
+        let ours = ran.load(Ordering::Relaxed);
+        let counter = if ours { &m.cache_misses } else { &m.cache_hits };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(entry) => from_cache(&entry, if ours { "MISS" } else { "HIT" }, head_only),
+            Err(()) if ours => slot.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| {
+                error(StatusCode::BAD_GATEWAY, "upstream_error", "the upstream's answer could not be read")
+            }),
+            // Waited for another request whose answer could not be stored: ask on our own.
+            Err(()) => {
+                let request = Request::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+                let mut response =
+                    self.proxy.call(upstream, request, Some(path), route.timeout).await.map(Either::Left);
+                response.headers_mut().insert(X_CACHE, HeaderValue::from_static("MISS"));
+                response
+            }
+        }
     }
 
     /// Checks each of the route's limits (per user, per IP); the tightest remaining allowance, or
@@ -272,6 +351,70 @@ impl Edge {
         };
         response.map(Either::Right)
     }
+}
+
+/// Largest answer stored when the route does not say.
+const DEFAULT_CACHE_ENTRY: usize = 1 << 20;
+
+/// Turns an upstream answer into a cache entry when it may be stored; otherwise leaves the answer
+/// (streamed on as it is) in `slot`.
+async fn store(
+    route: &str,
+    path: &str,
+    response: Response<ProxyBody>,
+    ttl: Duration,
+    limit: usize,
+    slot: &std::sync::Mutex<Option<Response<EdgeBody>>>,
+) -> Result<Entry, ()> {
+    let (mut head, body) = response.into_parts();
+    let keep = |head: http::response::Parts, body: EdgeBody| {
+        let mut response = Response::from_parts(head, body);
+        response.headers_mut().insert(X_CACHE, HeaderValue::from_static("MISS"));
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(response);
+        Err(())
+    };
+    let declared = head.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let Some(ttl) = cache::freshness(head.status, &head.headers, ttl).filter(|_| declared.is_none_or(|n| n <= limit))
+    else {
+        return keep(head, Either::Left(body));
+    };
+    match cache::collect_within(body, limit).await {
+        Ok(Ok(bytes)) => {
+            head.headers.remove(X_CACHE);
+            Ok(Arc::new(Cached {
+                route: route.to_string(),
+                path: path.to_string(),
+                status: head.status,
+                headers: head.headers,
+                body: bytes,
+                stored_at: std::time::Instant::now(),
+                ttl,
+            }))
+        }
+        Ok(Err((read, rest))) => {
+            use futures::StreamExt;
+            use http_body_util::BodyExt;
+            let read = futures::stream::iter(read.into_iter().map(|b| Ok(hyper::body::Frame::data(b))));
+            let rest = rest.into_data_stream().map(|r| r.map(hyper::body::Frame::data));
+            let body = axum::body::Body::new(http_body_util::StreamBody::new(read.chain(rest)));
+            keep(head, Either::Right(body))
+        }
+        Err(err) => {
+            tracing::debug!(error = %err, "upstream answer broke off while being cached");
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(error(StatusCode::BAD_GATEWAY, "upstream_error", "the upstream's answer broke off"));
+            Err(())
+        }
+    }
+}
+
+fn from_cache(entry: &Cached, label: &'static str, head_only: bool) -> Response<EdgeBody> {
+    let body = if head_only { Bytes::new() } else { entry.body.clone() };
+    let mut response = Response::new(Either::Left(Either::Right(Full::new(body))));
+    *response.status_mut() = entry.status;
+    *response.headers_mut() = cache::hit_headers(entry);
+    response.headers_mut().insert(X_CACHE, HeaderValue::from_static(label));
+    response
 }
 
 fn ceil_secs(d: Duration) -> u64 {

@@ -12,6 +12,7 @@
 //! [`router`] builds the whole app from its state, so tests drive it in-process with `oneshot`.
 
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod edge;
 pub mod error;
@@ -63,6 +64,7 @@ pub struct AppState {
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<metrics::Metrics>,
     pub shared_limits: Option<Arc<ratelimit::Shared>>,
+    pub cache: Arc<cache::ResponseCache>,
 }
 
 impl AppState {
@@ -86,6 +88,7 @@ impl AppState {
             upstreams: Arc::new(Upstreams::new(Locality::default())),
             metrics: Arc::default(),
             shared_limits: None,
+            cache: Arc::new(cache::ResponseCache::new(config.cache_max_bytes)),
         })
     }
 
@@ -104,6 +107,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .merge(rest::dataplane::routes())
         .merge(rest::routes::routes())
         .route("/api/gateway/metrics", get(gateway_metrics))
+        .route("/api/gateway/cache", axum::routing::delete(purge_cache))
         .route("/metrics", get(prometheus))
         .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/ready", get(ready))
@@ -141,6 +145,29 @@ async fn gateway_metrics(State(state): State<AppState>) -> Json<serde_json::Valu
         });
     }
     Json(body)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeQuery {
+    route: Option<String>,
+    path: Option<String>,
+}
+
+/// Drops cached answers: all, a route's, or a route's for one path (`?route=&path=`). This
+/// replica's memory cache.
+async fn purge_cache(
+    State(state): State<AppState>,
+    json::QueryParams(q): json::QueryParams<PurgeQuery>,
+) -> Result<StatusCode, ApiError> {
+    if q.path.is_some() && q.route.is_none() {
+        return Err(ApiError::field("path", "give the route too"));
+    }
+    state
+        .cache
+        .purge(q.route.as_deref(), q.path.as_deref())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Prometheus text: routes, then the data plane's upstreams and breakers.
@@ -230,6 +257,7 @@ pub async fn run(
     state.shared_limits = shared.clone();
     let limits = ratelimit::Limits { shared };
     let forgetting = tokio::spawn(routes.clone().forget_idle_callers());
+    let cache = state.cache.clone();
     let edge = Arc::new(edge::Edge {
         proxy: Proxy::new(upstreams.clone(), String::new()),
         upstreams,
@@ -240,6 +268,7 @@ pub async fn run(
         trust_forwarded: config.trust_forwarded,
         limits,
         metrics,
+        cache,
     });
     info!(addr = %listener.local_addr()?, control_plane = %config.orchestration_url, node = %node, "gateway serving");
     let serving = tokio::spawn(edge.serve(listener, stop.clone()));

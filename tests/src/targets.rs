@@ -251,11 +251,28 @@ impl EchoBackend {
                         "body": String::from_utf8_lossy(&body),
                     });
                     let status = if failing { 500 } else { 200 };
+                    // `?delay-ms=N` answers after N ms; `?cache-control=V` sends that Cache-Control.
+                    let query: Vec<(String, String)> = parts
+                        .uri
+                        .query()
+                        .unwrap_or("")
+                        .split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| (k.to_string(), v.replace("%20", " ").replace("%3D", "=")))
+                        .collect();
+                    let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                    if let Some(ms) = param("delay-ms").and_then(|v| v.parse::<u64>().ok()) {
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    }
                     let mut response = hyper::Response::new(Full::new(bytes::Bytes::from(body.to_string())));
                     *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
                     response
                         .headers_mut()
                         .insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+                    if let Some(cc) = param("cache-control").and_then(|v| hyper::header::HeaderValue::from_str(&v).ok())
+                    {
+                        response.headers_mut().insert("cache-control", cc);
+                    }
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });

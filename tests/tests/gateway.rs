@@ -505,3 +505,112 @@ async fn without_redis_limits_are_local_per_ip_or_closed_as_configured() {
     let route = &metrics["routes"][0];
     assert_eq!((route["route"].as_str(), route["rateLimited"].as_u64()), (Some("by-ip"), Some(1)), "{metrics}");
 }
+
+#[tokio::test]
+async fn cached_routes_answer_from_the_cache_per_key_and_user_and_coalesce_concurrent_misses() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    let catalog = EchoBackend::start("catalog-1").await;
+    service_with(&client, "catalog", &[&catalog]).await;
+    let gw = Gateway::start_with(&cp, &[("JWT_SECRET", SECRET)]).await;
+    let admin = format!("Bearer {}", hs256(&json!({ "sub": "ops", "roles": ["admin"], "exp": now() + 600 }), SECRET));
+    let response = gw
+        .http()
+        .put(format!("{}/api/gateway/routes", gw.url))
+        .header("authorization", &admin)
+        .json(&json!([
+            { "id": "cat", "path": "/api/cat/*", "serviceId": "catalog", "cache": { "ttl": 60, "varyHeaders": ["accept-language"] } },
+            { "id": "mine", "path": "/api/mine/*", "serviceId": "catalog", "authentication": true, "cache": { "ttl": 60 } },
+        ]))
+        .send()
+        .await
+        .expect("put routes");
+    assert_eq!(response.status(), 200);
+    let x_cache =
+        |h: &reqwest::header::HeaderMap| h.get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let first = eventually("the cached route", WAIT, || async {
+        let (status, headers, body) = get_with(&gw, "/api/cat/a?x=1", &[]).await;
+        (status == 200).then_some((headers, body))
+    })
+    .await;
+    assert_eq!(x_cache(&first.0), "MISS");
+    let served = catalog.served();
+
+    let (status, headers, body) = get_with(&gw, "/api/cat/a?x=1", &[]).await;
+    assert_eq!((status, x_cache(&headers)), (200, "HIT".into()));
+    assert_eq!(body, first.1, "the same answer");
+    assert!(headers.contains_key("age"));
+    assert_eq!(catalog.served(), served, "a hit does not reach the backend");
+
+    // Another query, another varied header value: misses; the same again: hits.
+    let (_, headers, _) = get_with(&gw, "/api/cat/a?x=2", &[]).await;
+    assert_eq!(x_cache(&headers), "MISS");
+    let (_, headers, _) = get_with(&gw, "/api/cat/a?x=1", &[("accept-language", "fr")]).await;
+    assert_eq!(x_cache(&headers), "MISS");
+    let (_, headers, _) = get_with(&gw, "/api/cat/a?x=1", &[("accept-language", "fr")]).await;
+    assert_eq!(x_cache(&headers), "HIT");
+
+    // The caller's Cache-Control: no-cache refreshes, no-store bypasses.
+    let before = catalog.served();
+    let (_, headers, _) = get_with(&gw, "/api/cat/a?x=1", &[("cache-control", "no-cache")]).await;
+    assert_eq!(x_cache(&headers), "MISS");
+    let (_, headers, _) = get_with(&gw, "/api/cat/a?x=1", &[("cache-control", "no-store")]).await;
+    assert_eq!(x_cache(&headers), "BYPASS");
+    assert_eq!(catalog.served(), before + 2);
+
+    // The upstream's no-store and private are obeyed; a short max-age expires.
+    for cc in ["no-store", "private,%20max-age=60"] {
+        let path = format!("/api/cat/b?cache-control={cc}");
+        get_with(&gw, &path, &[]).await;
+        let (_, headers, _) = get_with(&gw, &path, &[]).await;
+        assert_eq!(x_cache(&headers), "MISS", "{cc}");
+    }
+    let (_, headers, _) = get_with(&gw, "/api/cat/c?cache-control=max-age%3D1", &[]).await;
+    assert_eq!(x_cache(&headers), "MISS");
+    let (_, headers, _) = get_with(&gw, "/api/cat/c?cache-control=max-age%3D1", &[]).await;
+    assert_eq!(x_cache(&headers), "HIT");
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let (_, headers, _) = get_with(&gw, "/api/cat/c?cache-control=max-age%3D1", &[]).await;
+    assert_eq!(x_cache(&headers), "MISS", "max-age=1 has passed");
+
+    // Ten concurrent misses of one key: one backend request.
+    let before = catalog.served();
+    let calls = (0..10).map(|_| get_with(&gw, "/api/cat/slow?delay-ms=300", &[]));
+    let answers = futures::future::join_all(calls).await;
+    assert!(answers.iter().all(|(status, _, _)| *status == 200));
+    assert_eq!(catalog.served(), before + 1, "concurrent misses share one upstream request");
+    let misses = answers.iter().filter(|(_, h, _)| x_cache(h) == "MISS").count();
+    assert_eq!(misses, 1);
+
+    // POST is never cached.
+    let (status, _) = gw.post("/api/cat/a", json!({})).await;
+    assert_eq!(status, 200);
+
+    // On an authenticated route each user has their own entries.
+    let alice = format!("Bearer {}", hs256(&json!({ "sub": "alice", "exp": now() + 600 }), SECRET));
+    let bob = format!("Bearer {}", hs256(&json!({ "sub": "bob", "exp": now() + 600 }), SECRET));
+    let (_, h1, _) = get_with(&gw, "/api/mine/orders", &[("authorization", &alice)]).await;
+    let (_, h2, _) = get_with(&gw, "/api/mine/orders", &[("authorization", &alice)]).await;
+    let (_, h3, _) = get_with(&gw, "/api/mine/orders", &[("authorization", &bob)]).await;
+    assert_eq!([x_cache(&h1), x_cache(&h2), x_cache(&h3)], ["MISS", "HIT", "MISS"]);
+
+    // Purging a route empties its entries.
+    let purged = gw
+        .http()
+        .delete(format!("{}/api/gateway/cache?route=cat", gw.url))
+        .header("authorization", &admin)
+        .send()
+        .await
+        .expect("purge");
+    assert_eq!(purged.status(), 204);
+    let (_, headers, _) = get_with(&gw, "/api/cat/a?x=1", &[]).await;
+    assert_eq!(x_cache(&headers), "MISS", "purged");
+    let (_, h, _) = get_with(&gw, "/api/mine/orders", &[("authorization", &alice)]).await;
+    assert_eq!(x_cache(&h), "HIT", "other routes keep theirs");
+
+    let (_, _, metrics) = get_with(&gw, "/api/gateway/metrics", &[("authorization", &admin)]).await;
+    let cat =
+        metrics["routes"].as_array().and_then(|r| r.iter().find(|r| r["route"] == "cat")).cloned().unwrap_or_default();
+    assert!(cat["cache"]["hits"].as_u64().is_some_and(|h| h >= 12), "{cat}");
+    assert!(cat["cache"]["hitRatio"].as_f64().is_some_and(|r| r > 0.3), "{cat}");
+}

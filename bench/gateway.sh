@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The gateway as an API gateway, side by side with nginx and HAProxy in front of the shared bench
+# backend (../shared/bench), in interleaved runs of ../shared/bench/proxy-compare.sh:
+#
+#   1. route match + JWT (HS256) check + per-user rate limit (local), cache miss   -> c50.md, c1.md
+#   2. the same with the rate limit shared in Redis                                  -> redis.md
+#   3. a cached route (every request a hit)                                          -> cache.md
+#   then the cold start to the first proxied 200 (startup.txt).
+#
+#   bench/gateway.sh        Knobs: ROUNDS=3 DURATION=10s (passed to proxy-compare.sh), SKIP_C1=0
+#
+# Every target gets the same `Authorization: Bearer <token>` header (nginx and HAProxy ignore it): the
+# kit's proxy-compare.sh and lib.sh are copied and its wrk script gets the header, nothing else
+# changes. The gateway runs on one worker thread (WORKER_THREADS=1), as nginx and HAProxy run on one.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED:-$(cd "$ROOT/../shared/bench" && pwd)}
+OUT=${OUT:-$ROOT/bench/results/gateway-$(date +%Y%m%d-%H%M%S)}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+mkdir -p "$OUT"
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+cargo build --release --locked -q -p reskflow-control-plane -p reskflow-gateway --manifest-path "$ROOT/Cargo.toml"
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [[ -n ${started_http:-} ]] && "$SHARED/http-down.sh" >/dev/null 2>&1; true; }
+trap cleanup EXIT
+
+if ! curl -fs -o /dev/null http://127.0.0.1:18080/; then
+    "$SHARED/http-up.sh"; started_http=1
+fi
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; log "nothing on :$1"; exit 1; }
+
+# An HS256 token for user "bench" (valid for a day), made with openssl.
+SECRET=bench-secret-bench-secret-bench-secret-0123
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+header=$(printf '{"alg":"HS256","typ":"JWT"}' | b64url)
+payload=$(printf '{"sub":"bench","roles":["customer","admin"],"exp":%d}' $(($(date +%s) + 86400)) | b64url)
+signature=$(printf '%s.%s' "$header" "$payload" | openssl dgst -sha256 -hmac "$SECRET" -binary | b64url)
+TOKEN="$header.$payload.$signature"
+AUTH="Bearer $TOKEN"
+
+# The kit, with the header on every wrk request and on its readiness probe.
+KIT="$OUT/kit"
+mkdir -p "$KIT"
+cp "$SHARED/proxy-compare.sh" "$SHARED/lib.sh" "$KIT/"
+{ printf 'wrk.headers["Authorization"] = "%s"\n' "$AUTH"; cat "$SHARED/wrk-report.lua"; } >"$KIT/wrk-report.lua"
+sed -i "s|curl -s -o /dev/null|curl -s -H 'Authorization: $AUTH' -o /dev/null|" "$KIT/lib.sh"
+
+mkdir -p "$OUT/cp"
+(cd "$OUT/cp" && GRPC_ADDR=127.0.0.1:15191 DATABASE_URL=sqlite://reskflow.db RUST_LOG=warn exec "$BIN/control-plane") >"$OUT/cp/log" 2>&1 &
+pids+=($!); wait_port 15191
+
+start_gateway() { # start_gateway NAME PORT [ENV=VALUE...]
+    local name=$1 port=$2; shift 2
+    mkdir -p "$OUT/$name"
+    (cd "$OUT/$name" && env PORT="$port" BIND_ADDR=127.0.0.1 ORCHESTRATION_URL=http://127.0.0.1:15191 \
+        WORKER_THREADS=1 JWT_SECRET="$SECRET" RUST_LOG=warn "$@" "$BIN/gateway") >"$OUT/$name/log" 2>&1 &
+    pids+=($!); wait_port "$port"
+}
+start_gateway gw 18090
+api() { curl -fsS -X "$1" "http://127.0.0.1:18090$2" -H "Authorization: $AUTH" -H 'content-type: application/json' ${3:+-d "$3"} >/dev/null; }
+api POST /api/registry/services '{"id":"bench"}'
+api POST /api/registry/instances '{"id":"backend-18080","serviceId":"bench","address":"127.0.0.1","port":18080}'
+# Every path: authenticated, 10 million requests a second per user (never reached: the check runs).
+api PUT /api/gateway/routes '{"routes":[{"id":"bench","path":"/*","serviceId":"bench","authentication":true,"authorization":["customer"],"rateLimit":{"requests":10000000,"window":"1s"}}]}'
+for _ in $(seq 100); do [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" http://127.0.0.1:18090/) == 200 ]] && break; sleep 0.1; done
+
+OUT="$OUT/c50" "$KIT/proxy-compare.sh" direct=18080 nginx=18081 haproxy=18082 gateway=18090 | tee "$OUT/c50.md"
+if [[ ${SKIP_C1:-0} != 1 ]]; then
+    CONNS=1 OUT="$OUT/c1" "$KIT/proxy-compare.sh" direct=18080 nginx=18081 haproxy=18082 gateway=18090 | tee "$OUT/c1.md"
+fi
+
+# The same route with the limit in Redis (a second gateway; same control plane).
+start_gateway gw-redis 18091 REDIS_URL="$REDIS_URL"
+for _ in $(seq 100); do [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" http://127.0.0.1:18091/) == 200 ]] && break; sleep 0.1; done
+OUT="$OUT/redis" "$KIT/proxy-compare.sh" direct=18080 nginx=18081 gateway-redis=18091 | tee "$OUT/redis.md"
+echo "gateway-redis fallback: $(curl -s -H "Authorization: $AUTH" http://127.0.0.1:18091/api/gateway/metrics | grep -o '"redis":{[^}]*}')" | tee -a "$OUT/results.txt"
+
+# Cold start: exec to the first proxied 200, with the routes and endpoints from the saved config
+# of the first gateway's node name (what a restarted gateway does) and the control plane up.
+for i in $(seq 10); do
+    dir="$OUT/cold-$i"; mkdir -p "$dir"; cp "$OUT/gw"/reskflow-*.json "$dir/saved.json"
+    start=$(date +%s%N)
+    (cd "$dir" && PORT=18095 BIND_ADDR=127.0.0.1 ORCHESTRATION_URL=http://127.0.0.1:15191 WORKER_THREADS=1 \
+        JWT_SECRET="$SECRET" CONFIG_CACHE=saved.json NODE_ID=cold-$i RUST_LOG=warn exec "$BIN/gateway") >"$dir/log" 2>&1 &
+    pid=$!
+    until [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" http://127.0.0.1:18095/ 2>/dev/null) == 200 ]]; do
+        sleep 0.001
+    done
+    end=$(date +%s%N)
+    echo "cold_start_ms=$(((end - start) / 1000000))" >>"$OUT/startup.txt"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+done
+sort -t= -k2 -n "$OUT/startup.txt" | awk -F= '{a[NR]=$2} END{printf "gateway cold start to first proxied 200: median %d ms, max %d ms (10 runs)\n", a[int((NR+1)/2)], a[NR]}' | tee -a "$OUT/results.txt"
