@@ -45,7 +45,9 @@ KIT="$OUT/kit"
 mkdir -p "$KIT"
 cp "$SHARED/proxy-compare.sh" "$SHARED/lib.sh" "$KIT/"
 { printf 'wrk.headers["Authorization"] = "%s"\n' "$AUTH"; cat "$SHARED/wrk-report.lua"; } >"$KIT/wrk-report.lua"
-sed -i "s|curl -s -o /dev/null|curl -s -H 'Authorization: $AUTH' -o /dev/null|" "$KIT/lib.sh"
+sed -i "s|curl -s -o /dev/null|curl -s -H 'Authorization: $AUTH' -o /dev/null|; s|127.0.0.1:\$port/\"|127.0.0.1:\$port\$URLPATH\"|" "$KIT/lib.sh"
+# The gateway proxies /api/*: every target is asked for the same path.
+export URLPATH=/api/bench
 
 mkdir -p "$OUT/cp"
 (cd "$OUT/cp" && GRPC_ADDR=127.0.0.1:15191 DATABASE_URL=sqlite://reskflow.db RUST_LOG=warn exec "$BIN/control-plane") >"$OUT/cp/log" 2>&1 &
@@ -63,17 +65,21 @@ api() { curl -fsS -X "$1" "http://127.0.0.1:18090$2" -H "Authorization: $AUTH" -
 api POST /api/registry/services '{"id":"bench"}'
 api POST /api/registry/instances '{"id":"backend-18080","serviceId":"bench","address":"127.0.0.1","port":18080}'
 # Every path: authenticated, 10 million requests a second per user (never reached: the check runs).
-api PUT /api/gateway/routes '{"routes":[{"id":"bench","path":"/*","serviceId":"bench","authentication":true,"authorization":["customer"],"rateLimit":{"requests":10000000,"window":"1s"}}]}'
-for _ in $(seq 100); do [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" http://127.0.0.1:18090/) == 200 ]] && break; sleep 0.1; done
+# /api/cached/* is the same with a 5-minute cache.
+api PUT /api/gateway/routes '{"routes":[{"id":"bench","path":"/api/*","serviceId":"bench","authentication":true,"authorization":["customer"],"rateLimit":{"requests":10000000,"window":"1s"}},{"id":"cached","path":"/api/cached/*","serviceId":"bench","authentication":true,"authorization":["customer"],"rateLimit":{"requests":10000000,"window":"1s"},"cache":{"ttl":300}}]}'
+for _ in $(seq 100); do [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" http://127.0.0.1:18090/api/bench) == 200 ]] && break; sleep 0.1; done
 
 OUT="$OUT/c50" "$KIT/proxy-compare.sh" direct=18080 nginx=18081 haproxy=18082 gateway=18090 | tee "$OUT/c50.md"
 if [[ ${SKIP_C1:-0} != 1 ]]; then
     CONNS=1 OUT="$OUT/c1" "$KIT/proxy-compare.sh" direct=18080 nginx=18081 haproxy=18082 gateway=18090 | tee "$OUT/c1.md"
 fi
 
+# Cache hits: every request after the first is answered from the gateway's cache.
+URLPATH=/api/cached/item OUT="$OUT/cache" "$KIT/proxy-compare.sh" direct=18080 nginx=18081 gateway-cache=18090 | tee "$OUT/cache.md"
+
 # The same route with the limit in Redis (a second gateway; same control plane).
 start_gateway gw-redis 18091 REDIS_URL="$REDIS_URL"
-for _ in $(seq 100); do [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" http://127.0.0.1:18091/) == 200 ]] && break; sleep 0.1; done
+for _ in $(seq 100); do [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" http://127.0.0.1:18091/api/bench) == 200 ]] && break; sleep 0.1; done
 OUT="$OUT/redis" "$KIT/proxy-compare.sh" direct=18080 nginx=18081 gateway-redis=18091 | tee "$OUT/redis.md"
 echo "gateway-redis fallback: $(curl -s -H "Authorization: $AUTH" http://127.0.0.1:18091/api/gateway/metrics | grep -o '"redis":{[^}]*}')" | tee -a "$OUT/results.txt"
 
@@ -85,7 +91,8 @@ for i in $(seq 10); do
     (cd "$dir" && PORT=18095 BIND_ADDR=127.0.0.1 ORCHESTRATION_URL=http://127.0.0.1:15191 WORKER_THREADS=1 \
         JWT_SECRET="$SECRET" CONFIG_CACHE=saved.json NODE_ID=cold-$i RUST_LOG=warn exec "$BIN/gateway") >"$dir/log" 2>&1 &
     pid=$!
-    until [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" http://127.0.0.1:18095/ 2>/dev/null) == 200 ]]; do
+    for _ in $(seq 5000); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" http://127.0.0.1:18095/api/bench 2>/dev/null) == 200 ]] && break
         sleep 0.001
     done
     end=$(date +%s%N)

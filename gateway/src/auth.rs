@@ -38,6 +38,8 @@ pub struct Identity {
     /// The token's claims (`{}` for an API key), for templates.
     pub claims: Arc<Value>,
     pub via: Via,
+    /// How long the credential stays valid from when it was checked (`exp` plus leeway).
+    pub valid_for: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +149,22 @@ pub struct Authenticator {
     http: Option<reqwest::Client>,
     last_fetch_ms: AtomicU64,
     fetching: tokio::sync::Mutex<()>,
+    leeway: Duration,
+    /// Tokens verified lately, by the whole token (compared in full, never by a hash of it), kept
+    /// until their `exp` and at most `VERIFIED_FOR`: a client sends the same token many times.
+    verified: moka::sync::Cache<String, Arc<Identity>>,
+}
+
+/// How long a verified token is trusted without checking it again (a key removed from the JWKS
+/// stops working within this).
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
+
+struct UntilExpiry;
+
+impl moka::Expiry<String, Arc<Identity>> for UntilExpiry {
+    fn expire_after_create(&self, _: &String, identity: &Arc<Identity>, _: std::time::Instant) -> Option<Duration> {
+        Some(identity.valid_for.min(VERIFIED_FOR))
+    }
 }
 
 /// A token naming an unknown key id refetches the JWKS at most this often.
@@ -313,6 +331,12 @@ impl Authenticator {
             jwks_url,
             last_fetch_ms: AtomicU64::new(0),
             fetching: tokio::sync::Mutex::new(()),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(16 * 1024 * 1024)
+                .weigher(|token: &String, _| u32::try_from(token.len() + 256).unwrap_or(u32::MAX))
+                .expire_after(UntilExpiry)
+                .build(),
+            leeway: config.jwt_leeway,
         };
         if let Some(path) = jwks_file {
             let set: JwkSet = read_yaml(Path::new(&path)).context("JWT_JWKS_FILE")?;
@@ -366,7 +390,7 @@ impl Authenticator {
 
     /// The caller named by the request's credentials: `Authorization: Bearer <jwt>` or the API key
     /// header.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Identity>, AuthError> {
         if let Some(value) = headers.get(header::AUTHORIZATION) {
             let value =
                 value.to_str().map_err(|_| AuthError::Invalid("the Authorization header is not text".into()))?;
@@ -374,17 +398,24 @@ impl Authenticator {
                 .strip_prefix("Bearer ")
                 .or_else(|| value.strip_prefix("bearer "))
                 .ok_or_else(|| AuthError::Invalid("the Authorization header is not a bearer token".into()))?;
-            return self.verify(token.trim()).await;
+            let token = token.trim();
+            if let Some(identity) = self.verified.get(token) {
+                return Ok(identity);
+            }
+            let identity = Arc::new(self.verify(token).await?);
+            self.verified.insert(token.to_string(), identity.clone());
+            return Ok(identity);
         }
         if !self.api_keys.is_empty() {
             if let Some(key) = headers.get(&self.api_key_header) {
                 return match self.api_keys.get(&sha256(key.as_bytes())) {
-                    Some(consumer) => Ok(Identity {
+                    Some(consumer) => Ok(Arc::new(Identity {
                         subject: consumer.id.clone(),
                         roles: consumer.roles.clone(),
                         claims: Arc::new(Value::Object(Default::default())),
                         via: Via::ApiKey,
-                    }),
+                        valid_for: Duration::MAX,
+                    })),
                     None => Err(AuthError::Invalid("unknown API key".into())),
                 };
             }
@@ -417,7 +448,11 @@ impl Authenticator {
         let claims = data.claims;
         let subject = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_string();
         let roles = roles_of(&claims, &self.roles_claim);
-        Ok(Identity { subject, roles, claims: Arc::new(claims), via: Via::Jwt })
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let exp =
+            claims.get("exp").and_then(Value::as_f64).map_or(Duration::ZERO, |e| Duration::from_secs_f64(e.max(0.0)));
+        let valid_for = (exp + self.leeway).saturating_sub(now);
+        Ok(Identity { subject, roles, claims: Arc::new(claims), via: Via::Jwt, valid_for })
     }
 
     /// A key rotated at the identity provider: fetch the JWKS again (one fetch at a time, at most

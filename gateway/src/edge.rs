@@ -26,12 +26,15 @@ use crate::cache::{self, Cached, Entry, RequestDirective, ResponseCache, X_CACHE
 use crate::metrics::Metrics;
 use crate::ratelimit::{Decision, Limits, RouteLimiter};
 use crate::routes::{CompiledRoute, Routes};
+use crate::shape::{Problem, RequestView, Shape};
 use http::Method;
-use reskflow_proto::route::{LimitKey, RateLimit};
+use http_body_util::BodyExt;
+use reskflow_proto::route::LimitKey;
 use reskflow_sidecar::client::RequestBody;
 use reskflow_sidecar::clock;
 use reskflow_sidecar::proxy::Verdict;
 use reskflow_sidecar::upstreams::Upstream;
+use serde_json::Value;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -101,6 +104,12 @@ impl Edge {
             return error(StatusCode::NOT_FOUND, "no_route", &message);
         };
         let route = matched.value.clone();
+        // Validation and templates see the parameters decoded.
+        let params: Vec<(String, String)> = if route.shape.is_some() {
+            matched.params.iter().map(|(k, v)| (k.to_string(), routing::decode_param(v).into_owned())).collect()
+        } else {
+            Vec::new()
+        };
         let mut upstream_path = match &route.route.target_path {
             Some(target) => fill_target(target, &matched.params),
             None => path.into_owned(),
@@ -110,7 +119,7 @@ impl Edge {
             upstream_path.push('?');
             upstream_path.push_str(query);
         }
-        let response = self.through(&route, req, upstream_path, peer).await;
+        let response = self.through(&route, req, upstream_path, params, peer).await;
         let m = &route.metrics;
         m.count(response.status().as_u16(), Duration::from_nanos(clock::now_ns().saturating_sub(started)));
         let counter = match response.extensions().get::<Refused>() {
@@ -135,7 +144,8 @@ impl Edge {
         &self,
         route: &CompiledRoute,
         req: Request<Incoming>,
-        upstream_path: String,
+        mut upstream_path: String,
+        params: Vec<(String, String)>,
         peer: SocketAddr,
     ) -> Response<EdgeBody> {
         let (mut parts, body) = req.into_parts();
@@ -175,7 +185,50 @@ impl Edge {
             return error(StatusCode::SERVICE_UNAVAILABLE, "no_upstream", &message);
         };
         forwarded_headers(&mut parts.headers, peer.ip(), self.trust_forwarded);
-        let body = Either::Left(Limited::new(body, route.max_body));
+        let mut body: RequestBody = Either::Left(Limited::new(body, route.max_body));
+        // Validation and transforms: what templates see of the request, for the response too.
+        let mut seen = None;
+        if let Some(shape) = &route.shape {
+            let (json, read) = match self.read_json_body(shape, route, &parts.headers, body).await {
+                Ok(read) => read,
+                Err(response) => return response,
+            };
+            body = read;
+            let query = parts.uri.query().map(str::to_string);
+            let problems = shape.validate(&params, query.as_deref(), &json);
+            if !problems.is_empty() {
+                return invalid(problems);
+            }
+            let request = Seen {
+                claims: identity.as_ref().map(|i| i.claims.clone()),
+                params,
+                headers: parts.headers.clone(),
+                query,
+                body: json,
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_string(),
+                ip: client_ip(&parts.headers, peer.ip(), self.trust_forwarded).to_string(),
+            };
+            if shape.transforms_request() {
+                let mut edited = request.body.clone();
+                let reads = shape.reads_request_body() && !matches!(edited, Value::Null);
+                let view = request.view(&route.route.id);
+                match shape.transform_request(&view, &mut parts.headers, reads.then_some(&mut edited)) {
+                    Ok(new_query) => {
+                        if let Some(q) = new_query {
+                            let path_only = upstream_path.split('?').next().unwrap_or("/").to_string();
+                            upstream_path = if q.is_empty() { path_only } else { format!("{path_only}?{q}") };
+                        }
+                    }
+                    Err(why) => return error(StatusCode::INTERNAL_SERVER_ERROR, "transform_failed", &why),
+                }
+                if reads {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    body = Either::Right(Full::new(Bytes::from(serde_json::to_vec(&edited).unwrap_or_default())));
+                }
+            }
+            seen = Some(request);
+        }
         let request = Request::from_parts(parts, body);
         let mut response = match &route.route.cache {
             Some(cache) if matches!(*request.method(), Method::GET | Method::HEAD) => {
@@ -183,13 +236,60 @@ impl Edge {
             }
             _ => self.proxy.call(&upstream, request, Some(&upstream_path), route.timeout).await.map(Either::Left),
         };
+        if let (Some(shape), Some(seen)) = (&route.shape, &seen) {
+            if shape.transforms_response() {
+                response = transform_response(shape, seen, &route.route.id, route.max_body, response).await;
+            }
+        }
         if let Ok(id) = HeaderValue::from_str(&route.route.id) {
             response.headers_mut().insert(ROUTE_HEADER, id);
         }
         if let (Some((remaining, reset)), Some(limiter)) = (limited, &route.limiter) {
-            rate_limit_headers(response.headers_mut(), &limiter.config, remaining, reset);
+            rate_limit_headers(response.headers_mut(), limiter, remaining, reset);
         }
         response
+    }
+
+    /// Reads the request body whole when the route validates or edits it: its JSON (`Null` when
+    /// empty or not read) and the body to send on.
+    async fn read_json_body(
+        &self,
+        shape: &Shape,
+        route: &CompiledRoute,
+        headers: &HeaderMap,
+        body: RequestBody,
+    ) -> Result<(Value, RequestBody), Response<EdgeBody>> {
+        if !shape.reads_request_body() {
+            return Ok((Value::Null, body));
+        }
+        let bytes = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                let message = format!("the body may be at most {} bytes on this route", route.max_body);
+                return Err(refused(Refused::Invalid, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &message));
+            }
+            Err(_) => return Err(error(StatusCode::BAD_REQUEST, "bad_request", "the request body could not be read")),
+        };
+        if bytes.is_empty() {
+            return Ok((Value::Null, Either::Right(Full::new(bytes))));
+        }
+        if !is_json(headers) {
+            return Err(refused(
+                Refused::Invalid,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "this route reads the body as JSON: send Content-Type: application/json",
+            ));
+        }
+        match serde_json::from_slice(&bytes) {
+            Ok(json) => Ok((json, Either::Right(Full::new(bytes)))),
+            Err(err) => Err(invalid(vec![Problem {
+                field: "body".into(),
+                part: "body",
+                pointer: String::new(),
+                description: format!("is not valid JSON: {err}"),
+            }])),
+        }
     }
 
     /// A GET or HEAD on a cached route: from the cache, or from the upstream (one request per key
@@ -201,7 +301,7 @@ impl Edge {
         upstream: &Upstream,
         req: Request<RequestBody>,
         path: &str,
-        identity: Option<&Identity>,
+        identity: Option<&Arc<Identity>>,
     ) -> Response<EdgeBody> {
         let m = &route.metrics;
         let directive = cache::request_directive(req.headers());
@@ -267,7 +367,7 @@ impl Edge {
         &self,
         route: &CompiledRoute,
         limiter: &RouteLimiter,
-        identity: Option<&Identity>,
+        identity: Option<&Arc<Identity>>,
         ip: IpAddr,
     ) -> Result<(u32, Duration), Response<EdgeBody>> {
         let mut tightest: Option<(u32, Duration)> = None;
@@ -295,7 +395,7 @@ impl Edge {
                     );
                     let headers = response.headers_mut();
                     headers.insert(header::RETRY_AFTER, HeaderValue::from(ceil_secs(retry_after).max(1)));
-                    rate_limit_headers(headers, &limiter.config, 0, reset);
+                    rate_limit_headers(headers, limiter, 0, reset);
                     return Err(response);
                 }
                 Decision::Unavailable => {
@@ -310,7 +410,7 @@ impl Edge {
         Ok(tightest.unwrap_or((limiter.config.requests, Duration::ZERO)))
     }
 
-    async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, Response<EdgeBody>> {
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Identity>, Response<EdgeBody>> {
         let Some(auth) = &self.auth else {
             return Err(error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -351,6 +451,95 @@ impl Edge {
         };
         response.map(Either::Right)
     }
+}
+
+/// The request as validation and templates saw it (kept for the response transform).
+struct Seen {
+    claims: Option<Arc<Value>>,
+    params: Vec<(String, String)>,
+    headers: HeaderMap,
+    query: Option<String>,
+    body: Value,
+    method: String,
+    path: String,
+    ip: String,
+}
+
+impl Seen {
+    fn view<'a>(&'a self, route: &'a str) -> RequestView<'a> {
+        RequestView {
+            claims: self.claims.as_deref(),
+            params: &self.params,
+            headers: &self.headers,
+            query: self.query.as_deref(),
+            body: &self.body,
+            method: &self.method,
+            path: &self.path,
+            ip: self.ip.clone(),
+            route,
+        }
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        essence == "application/json" || essence.ends_with("+json")
+    })
+}
+
+/// 400 listing every validation error with where it is and its JSON pointer.
+fn invalid(problems: Vec<Problem>) -> Response<EdgeBody> {
+    let message = problems.iter().map(|p| format!("{}: {}", p.field, p.description)).collect::<Vec<_>>().join("; ");
+    let body = serde_json::json!({ "error": { "code": "validation_failed", "message": message, "fields": problems } });
+    let mut response = Response::new(Either::Left(Either::Right(Full::new(Bytes::from(body.to_string())))));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.extensions_mut().insert(Refused::Invalid);
+    response
+}
+
+/// Applies the response transform; a JSON body within `limit` is read whole when the transform
+/// edits it, any other body streams on unchanged.
+async fn transform_response(
+    shape: &Shape,
+    seen: &Seen,
+    route: &str,
+    limit: usize,
+    response: Response<EdgeBody>,
+) -> Response<EdgeBody> {
+    let (mut head, body) = response.into_parts();
+    let declared = head.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let read = shape.reads_response_body() && is_json(&head.headers) && declared.is_none_or(|n| n <= limit);
+    let view = seen.view(route);
+    if !read {
+        if let Err(why) = shape.transform_response(&view, head.status.as_u16(), &mut head.headers, None) {
+            return error(StatusCode::BAD_GATEWAY, "transform_failed", &why);
+        }
+        return Response::from_parts(head, body);
+    }
+    let bytes = match cache::collect_within(body, limit).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err((read, rest))) => {
+            // Larger than announced: streamed on untouched.
+            use futures::StreamExt;
+            let read = futures::stream::iter(read.into_iter().map(|b| Ok(hyper::body::Frame::data(b))));
+            let rest = rest.into_data_stream().map(|r| r.map(hyper::body::Frame::data));
+            let body = axum::body::Body::new(http_body_util::StreamBody::new(read.chain(rest)));
+            return Response::from_parts(head, Either::Right(body));
+        }
+        Err(_) => return error(StatusCode::BAD_GATEWAY, "upstream_error", "the upstream's answer broke off"),
+    };
+    let mut json: Option<Value> = serde_json::from_slice(&bytes).ok();
+    if let Err(why) = shape.transform_response(&view, head.status.as_u16(), &mut head.headers, json.as_mut()) {
+        return error(StatusCode::BAD_GATEWAY, "transform_failed", &why);
+    }
+    let bytes = match json {
+        Some(json) => Bytes::from(serde_json::to_vec(&json).unwrap_or_default()),
+        None => bytes,
+    };
+    head.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(head, Either::Left(Either::Right(Full::new(bytes))))
 }
 
 /// Largest answer stored when the route does not say.
@@ -427,13 +616,11 @@ const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// The IETF RateLimit fields: limit, remaining, seconds until the allowance is whole again, policy.
-fn rate_limit_headers(headers: &mut HeaderMap, limit: &RateLimit, remaining: u32, reset: Duration) {
-    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(limit.requests));
+fn rate_limit_headers(headers: &mut HeaderMap, limit: &RouteLimiter, remaining: u32, reset: Duration) {
+    headers.insert(RATELIMIT_LIMIT, limit.limit_header.clone());
     headers.insert(RATELIMIT_REMAINING, HeaderValue::from(remaining));
     headers.insert(RATELIMIT_RESET, HeaderValue::from(ceil_secs(reset)));
-    if let Ok(policy) = HeaderValue::from_str(&format!("{};w={}", limit.requests, ceil_secs(limit.window))) {
-        headers.insert(RATELIMIT_POLICY, policy);
-    }
+    headers.insert(RATELIMIT_POLICY, limit.policy_header.clone());
 }
 
 fn set_identity(headers: &mut HeaderMap, identity: &Identity) {

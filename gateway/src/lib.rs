@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod rest;
 pub mod routes;
+pub mod shape;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};

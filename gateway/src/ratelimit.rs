@@ -54,10 +54,14 @@ pub enum Decision {
 /// One route's limit.
 pub struct RouteLimiter {
     pub config: RateLimit,
+    /// `RateLimit-Limit` and `RateLimit-Policy`, made once.
+    pub limit_header: http::HeaderValue,
+    pub policy_header: http::HeaderValue,
     local: Keyed,
-    /// Emission interval and burst tolerance, in milliseconds (for Redis).
-    interval_ms: u64,
-    tolerance_ms: u64,
+    /// Emission interval and burst tolerance, in microseconds (for Redis; fractions kept, so
+    /// limits above a million a second stay exact).
+    interval_us: f64,
+    tolerance_us: f64,
 }
 
 impl std::fmt::Debug for RouteLimiter {
@@ -71,12 +75,17 @@ impl RouteLimiter {
         let burst = NonZeroU32::new(config.requests).ok_or("rateLimit.requests must be positive")?;
         let interval = config.window / config.requests;
         let quota = Quota::with_period(interval).ok_or("rateLimit.window is too short")?.allow_burst(burst);
-        let interval_ms = (interval.as_millis() as u64).max(1);
+        let window_us = config.window.as_secs_f64() * 1e6;
+        let interval_us = window_us / f64::from(config.requests);
+        let window_secs = config.window.as_secs() + u64::from(config.window.subsec_nanos() > 0);
+        let policy = format!("{};w={window_secs}", config.requests);
         Ok(RouteLimiter {
             config: config.clone(),
+            limit_header: http::HeaderValue::from(config.requests),
+            policy_header: http::HeaderValue::from_str(&policy).map_err(|e| e.to_string())?,
             local: RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>(),
-            interval_ms,
-            tolerance_ms: (config.window.as_millis() as u64).saturating_sub(interval_ms),
+            interval_us,
+            tolerance_us: window_us - interval_us,
         })
     }
 
@@ -111,11 +120,11 @@ impl RouteLimiter {
 }
 
 /// GCRA in one round trip. KEYS[1]: the caller's key. ARGV: emission interval and burst tolerance
-/// (ms). Returns {allowed (0/1), remaining, retry after (ms), reset (ms)}. Redis's own clock, so
-/// every replica measures time alike.
+/// (µs, may have fractions). Returns {allowed (0/1), remaining, retry after (µs), reset (µs)}.
+/// Redis's own clock, so every replica measures time alike.
 const GCRA: &str = r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
@@ -123,11 +132,11 @@ if tat < now then tat = now end
 local new_tat = tat + interval
 local allow_at = new_tat - tolerance - interval
 if now < allow_at then
-  return {0, 0, allow_at - now, tat - now}
+  return {0, 0, math.ceil(allow_at - now), math.ceil(tat - now)}
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
 local remaining = math.floor((tolerance + interval - (new_tat - now)) / interval)
-return {1, remaining, 0, new_tat - now}
+return {1, remaining, 0, math.ceil(new_tat - now)}
 ";
 
 /// Shared limits in Redis, with the fallback.
@@ -153,7 +162,7 @@ pub struct SharedStats {
 
 const BACKOFF_MS: u64 = 1_000;
 
-/// The script's answer: allowed (0/1), remaining, retry after (ms), reset (ms).
+/// The script's answer: allowed (0/1), remaining, retry after (µs), reset (µs).
 type GcraAnswer = (u8, u64, u64, u64);
 
 impl Shared {
@@ -207,16 +216,16 @@ impl Shared {
         }
         let mut conn = self.conn.clone();
         let mut invocation = self.script.key(key);
-        invocation.arg(limiter.interval_ms).arg(limiter.tolerance_ms);
+        invocation.arg(limiter.interval_us).arg(limiter.tolerance_us);
         let answer = tokio::time::timeout(self.timeout, invocation.invoke_async::<GcraAnswer>(&mut conn)).await;
         match answer {
-            Ok(Ok((allowed, remaining, retry_after_ms, reset_ms))) => {
+            Ok(Ok((allowed, remaining, retry_after_us, reset_us))) => {
                 self.up.store(true, Ordering::Relaxed);
-                let reset = Duration::from_millis(reset_ms);
+                let reset = Duration::from_micros(reset_us);
                 if allowed == 1 {
                     Decision::Allowed { remaining: u32::try_from(remaining).unwrap_or(u32::MAX), reset }
                 } else {
-                    Decision::Limited { retry_after: Duration::from_millis(retry_after_ms), reset }
+                    Decision::Limited { retry_after: Duration::from_micros(retry_after_us), reset }
                 }
             }
             other => {

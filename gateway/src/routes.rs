@@ -13,6 +13,7 @@ use reskflow_sidecar::routing::RouteTable;
 
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::ratelimit::RouteLimiter;
+use crate::shape::Shape;
 
 /// One route, ready for requests.
 #[derive(Debug)]
@@ -26,6 +27,8 @@ pub struct CompiledRoute {
     /// `rateLimit` key prefix in Redis.
     pub redis_prefix: String,
     pub metrics: Arc<RouteMetrics>,
+    /// Validation and transforms, when the route has any.
+    pub shape: Option<Arc<Shape>>,
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +68,7 @@ pub fn compile(
         limiter,
         redis_prefix: format!("reskflow:rl:{}:", route.id),
         metrics,
+        shape: Shape::compile(route)?.map(Arc::new),
     })
 }
 

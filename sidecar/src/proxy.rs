@@ -240,9 +240,11 @@ impl Proxy {
             let started = clock::now_ns();
             let result = tokio::time::timeout(per_try, async {
                 if http2 {
-                    self.http2.request(request).await.map(|r| r.map(Either::Right)).map_err(SendFailure::Legacy)
+                    let response = self.http2.request(request).await.map_err(SendFailure::Legacy)?;
+                    Ok(response.map(|b| Either::Left(Either::Right(b))))
                 } else {
-                    client::send(&endpoint, request).await.map(|r| r.map(Either::Left)).map_err(SendFailure::Http1)
+                    let response = client::send(&endpoint, request).await.map_err(SendFailure::Http1)?;
+                    buffer_small(response).await
                 }
             })
             .await;
@@ -276,7 +278,7 @@ impl Proxy {
                     if let Some(v) = &endpoint.id_header {
                         head.headers.insert(ENDPOINT_HEADER, v.clone());
                     }
-                    Response::from_parts(head, Either::Left(body))
+                    Response::from_parts(head, body)
                 }
                 Ok(Err(err)) => {
                     upstream.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
@@ -344,6 +346,22 @@ impl Proxy {
             None => breaker_open(upstream, rejected),
         }
     }
+}
+
+/// Answers up to this size (by `Content-Length`) are read whole before the head is passed on, as
+/// nginx's proxy buffering does: the caller then gets head and body in one write (one packet for a
+/// small answer, not two), and the upstream connection is free again at once.
+const BUFFER_UP_TO: u64 = 64 * 1024;
+
+async fn buffer_small(response: Response<PooledBody>) -> Result<Response<ProxyBody>, SendFailure> {
+    use http_body_util::BodyExt;
+    let small = response.body().size_hint().exact().is_some_and(|n| n > 0 && n <= BUFFER_UP_TO);
+    if !small {
+        return Ok(response.map(|b| Either::Left(Either::Left(b))));
+    }
+    let (head, body) = response.into_parts();
+    let bytes = body.collect().await.map_err(|e| SendFailure::Http1(client::SendError::Http(e)))?.to_bytes();
+    Ok(Response::from_parts(head, Either::Right(Full::new(bytes))))
 }
 
 /// Accepts HTTP/1.1 and HTTP/2 (prior knowledge) connections on `listener` and answers each request
@@ -468,10 +486,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// A new W3C trace context for a request that came without one.
+/// A new W3C trace context for a request that came without one (random trace and parent ids,
+/// sampled), written without formatting machinery: it is on every such request's path.
 fn traceparent() -> HeaderValue {
-    let value = format!("00-{:016x}{:016x}-{:016x}-01", fastrand::u64(..), fastrand::u64(..), fastrand::u64(1..));
-    HeaderValue::from_str(&value)
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    let mut put = |at: usize, mut v: u64| {
+        for i in (0..16).rev() {
+            buf[at + i] = HEX[(v & 0xf) as usize];
+            v >>= 4;
+        }
+    };
+    put(3, fastrand::u64(..));
+    put(19, fastrand::u64(1..));
+    put(36, fastrand::u64(1..));
+    HeaderValue::from_bytes(&buf)
         .unwrap_or(HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01"))
 }
 
