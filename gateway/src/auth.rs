@@ -40,6 +40,17 @@ pub struct Identity {
     pub via: Via,
     /// How long the credential stays valid from when it was checked (`exp` plus leeway).
     pub valid_for: Duration,
+    /// `X-User-Id` and `X-User-Roles` for upstreams, made once per credential.
+    pub user_header: Option<http::HeaderValue>,
+    pub roles_header: Option<http::HeaderValue>,
+}
+
+impl Identity {
+    fn new(subject: String, roles: Vec<String>, claims: Arc<Value>, via: Via, valid_for: Duration) -> Identity {
+        let user_header = http::HeaderValue::from_str(&subject).ok();
+        let roles_header = http::HeaderValue::from_str(&roles.join(",")).ok();
+        Identity { subject, roles, claims, via, valid_for, user_header, roles_header }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -409,13 +420,13 @@ impl Authenticator {
         if !self.api_keys.is_empty() {
             if let Some(key) = headers.get(&self.api_key_header) {
                 return match self.api_keys.get(&sha256(key.as_bytes())) {
-                    Some(consumer) => Ok(Arc::new(Identity {
-                        subject: consumer.id.clone(),
-                        roles: consumer.roles.clone(),
-                        claims: Arc::new(Value::Object(Default::default())),
-                        via: Via::ApiKey,
-                        valid_for: Duration::MAX,
-                    })),
+                    Some(consumer) => Ok(Arc::new(Identity::new(
+                        consumer.id.clone(),
+                        consumer.roles.clone(),
+                        Arc::new(Value::Object(Default::default())),
+                        Via::ApiKey,
+                        Duration::MAX,
+                    ))),
                     None => Err(AuthError::Invalid("unknown API key".into())),
                 };
             }
@@ -452,7 +463,7 @@ impl Authenticator {
         let exp =
             claims.get("exp").and_then(Value::as_f64).map_or(Duration::ZERO, |e| Duration::from_secs_f64(e.max(0.0)));
         let valid_for = (exp + self.leeway).saturating_sub(now);
-        Ok(Identity { subject, roles, claims: Arc::new(claims), via: Via::Jwt, valid_for })
+        Ok(Identity::new(subject, roles, Arc::new(claims), Via::Jwt, valid_for))
     }
 
     /// A key rotated at the identity provider: fetch the JWKS again (one fetch at a time, at most

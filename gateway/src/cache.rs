@@ -6,6 +6,10 @@
 //! `Set-Cookie` and no `Vary: *`, for the route's ttl or the response's `s-maxage`/`max-age` if
 //! shorter. Concurrent misses of one key send one upstream request (moka's single-flight); the
 //! others wait for it. Entries are bounded by `CACHE_MAX_BYTES` (moka, per-entry expiry).
+//!
+//! With `CACHE_STORE=redis` the entries live in Redis (`reskflow:cache:<route>:<key>`, expiring with
+//! their ttl), shared by every replica; each replica keeps what it read for at most a second in
+//! memory, so a purge reaches every replica within a second.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,13 +40,31 @@ struct ByTtl;
 
 impl Expiry<u128, Entry> for ByTtl {
     fn expire_after_create(&self, _: &u128, value: &Entry, _: Instant) -> Option<Duration> {
-        Some(value.ttl)
+        Some(value.ttl.saturating_sub(value.stored_at.elapsed()))
+    }
+}
+
+struct Local;
+
+impl Expiry<u128, Entry> for Local {
+    fn expire_after_create(&self, _: &u128, value: &Entry, _: Instant) -> Option<Duration> {
+        Some(value.ttl.saturating_sub(value.stored_at.elapsed()).min(LOCAL_COPY))
     }
 }
 
 pub struct ResponseCache {
     entries: Cache<u128, Entry>,
+    shared: Option<Shared>,
 }
+
+/// Entries in Redis.
+struct Shared {
+    conn: redis::aio::ConnectionManager,
+    timeout: Duration,
+}
+
+/// How long a replica keeps an entry it read from (or wrote to) Redis.
+const LOCAL_COPY: Duration = Duration::from_secs(1);
 
 /// What the request's own `Cache-Control` asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,16 +81,60 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 impl ResponseCache {
     pub fn new(max_bytes: u64) -> ResponseCache {
-        let entries = Cache::builder()
+        ResponseCache { entries: Self::memory(max_bytes, false), shared: None }
+    }
+
+    /// Entries in Redis, with one-second local copies.
+    pub fn shared(max_bytes: u64, conn: redis::aio::ConnectionManager, timeout: Duration) -> ResponseCache {
+        ResponseCache { entries: Self::memory(max_bytes, true), shared: Some(Shared { conn, timeout }) }
+    }
+
+    fn memory(max_bytes: u64, local_copies: bool) -> Cache<u128, Entry> {
+        let builder = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_, e: &Entry| {
                 let headers: usize = e.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
                 u32::try_from(e.body.len() + headers + 128).unwrap_or(u32::MAX)
             })
-            .expire_after(ByTtl)
-            .support_invalidation_closures()
-            .build();
-        ResponseCache { entries }
+            .support_invalidation_closures();
+        if local_copies {
+            builder.expire_after(Local).build()
+        } else {
+            builder.expire_after(ByTtl).build()
+        }
+    }
+
+    fn redis_key(route: &str, key: u128) -> String {
+        format!("reskflow:cache:{route}:{key:032x}")
+    }
+
+    /// The shared entry for `key`, if Redis has one (and answers in time).
+    pub async fn fetch_shared(&self, route: &str, key: u128) -> Option<Entry> {
+        let shared = self.shared.as_ref()?;
+        let mut conn = shared.conn.clone();
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(Self::redis_key(route, key));
+        match tokio::time::timeout(shared.timeout, cmd.query_async::<Option<Vec<u8>>>(&mut conn)).await {
+            Ok(Ok(Some(bytes))) => decode(route, &bytes).map(Arc::new),
+            Ok(Ok(None)) => None,
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "Redis cache read failed; asking the upstream");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Writes `entry` to Redis for its ttl.
+    pub async fn store_shared(&self, key: u128, entry: &Cached) {
+        let Some(shared) = &self.shared else { return };
+        let mut conn = shared.conn.clone();
+        let ms = u64::try_from(entry.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(Self::redis_key(&entry.route, key)).arg(encode(entry)).arg("PX").arg(ms);
+        if let Ok(Err(err)) = tokio::time::timeout(shared.timeout, cmd.query_async::<()>(&mut conn)).await {
+            tracing::debug!(error = %err, "Redis cache write failed");
+        }
     }
 
     pub fn entries(&self) -> &Cache<u128, Entry> {
@@ -105,6 +171,47 @@ impl ResponseCache {
         h.digest128()
     }
 
+    /// Drops entries as `purge` does, in Redis too (every replica then sees it within a second).
+    pub async fn purge_everywhere(&self, route: Option<&str>, path: Option<&str>) -> Result<u64, String> {
+        self.purge(route, path)?;
+        let Some(shared) = &self.shared else { return Ok(0) };
+        let mut conn = shared.conn.clone();
+        let pattern = format!("reskflow:cache:{}:*", route.unwrap_or("*"));
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| format!("Redis: {e}"))?;
+            for key in keys {
+                if let Some(path) = path {
+                    // Only the path's entries: read each (entries are small next to a purge's rarity).
+                    let bytes: Option<Vec<u8>> =
+                        redis::cmd("GET").arg(&key).query_async(&mut conn).await.map_err(|e| format!("Redis: {e}"))?;
+                    let keep =
+                        bytes.and_then(|b| decode("", &b)).is_none_or(|e| e.path.split('?').next() != Some(path));
+                    if keep {
+                        continue;
+                    }
+                }
+                let n: u64 =
+                    redis::cmd("DEL").arg(&key).query_async(&mut conn).await.map_err(|e| format!("Redis: {e}"))?;
+                removed += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(removed)
+    }
+
     /// Drops every entry of `route` (of `path` within it when given); all entries when `route` is None.
     pub fn purge(&self, route: Option<&str>, path: Option<&str>) -> Result<(), String> {
         match (route, path) {
@@ -124,6 +231,73 @@ impl ResponseCache {
             }
         }
     }
+}
+
+/// Entry bytes for Redis: version, status, ttl and age (ms), path, headers, body; lengths as u32 LE.
+fn encode(e: &Cached) -> Vec<u8> {
+    let mut out = Vec::with_capacity(e.body.len() + 256);
+    let put = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(bytes);
+    };
+    out.push(1);
+    out.extend_from_slice(&e.status.as_u16().to_le_bytes());
+    out.extend_from_slice(&u64::try_from(e.ttl.as_millis()).unwrap_or(u64::MAX).to_le_bytes());
+    out.extend_from_slice(&u64::try_from(e.stored_at.elapsed().as_millis()).unwrap_or(0).to_le_bytes());
+    put(&mut out, e.path.as_bytes());
+    out.extend_from_slice(&u32::try_from(e.headers.len()).unwrap_or(0).to_le_bytes());
+    for (name, value) in &e.headers {
+        put(&mut out, name.as_str().as_bytes());
+        put(&mut out, value.as_bytes());
+    }
+    put(&mut out, &e.body);
+    out
+}
+
+/// Reads `encode`'s bytes back; None for anything else (a stale format, a stranger's key).
+fn decode(route: &str, bytes: &[u8]) -> Option<Cached> {
+    struct Reader<'a> {
+        bytes: &'a [u8],
+        at: usize,
+    }
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+            let part = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+            self.at += n;
+            Some(part)
+        }
+        fn u32(&mut self) -> Option<u32> {
+            Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+        }
+        fn u64(&mut self) -> Option<u64> {
+            Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+        }
+        fn chunk(&mut self) -> Option<&'a [u8]> {
+            let len = self.u32()? as usize;
+            self.take(len)
+        }
+    }
+    let mut r = Reader { bytes, at: 0 };
+    if r.take(1)? != [1] {
+        return None;
+    }
+    let status = StatusCode::from_u16(u16::from_le_bytes(r.take(2)?.try_into().ok()?)).ok()?;
+    let ttl = Duration::from_millis(r.u64()?);
+    let age = Duration::from_millis(r.u64()?);
+    let path = std::str::from_utf8(r.chunk()?).ok()?.to_string();
+    let count = r.u32()?;
+    let mut headers = HeaderMap::new();
+    for _ in 0..count {
+        let name = HeaderName::from_bytes(r.chunk()?).ok()?;
+        let value = HeaderValue::from_bytes(r.chunk()?).ok()?;
+        headers.append(name, value);
+    }
+    let body = Bytes::copy_from_slice(r.chunk()?);
+    if r.at != bytes.len() {
+        return None;
+    }
+    let stored_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+    Some(Cached { route: route.to_string(), path, status, headers, body, stored_at, ttl })
 }
 
 pub fn request_directive(headers: &HeaderMap) -> RequestDirective {
@@ -250,6 +424,28 @@ mod tests {
         assert_eq!(freshness(ok, &headers(&[("vary", "accept, *")]), ttl), None);
         assert_eq!(freshness(StatusCode::INTERNAL_SERVER_ERROR, &headers(&[]), ttl), None);
         assert_eq!(freshness(StatusCode::NOT_FOUND, &headers(&[]), ttl), Some(ttl));
+    }
+
+    #[test]
+    fn entries_survive_the_trip_through_redis_bytes() {
+        let entry = Cached {
+            route: "r".into(),
+            path: "/a?x=1".into(),
+            status: StatusCode::NOT_FOUND,
+            headers: headers(&[("content-type", "application/json"), ("etag", "\"v1\"")]),
+            body: Bytes::from_static(b"{\"missing\":true}"),
+            stored_at: Instant::now(),
+            ttl: Duration::from_secs(30),
+        };
+        let back = decode("r", &encode(&entry)).expect("decodes");
+        assert_eq!(
+            (back.status, &back.path, &back.headers, &back.body, back.ttl),
+            (entry.status, &entry.path, &entry.headers, &entry.body, entry.ttl)
+        );
+        let bytes = encode(&entry);
+        for cut in 0..bytes.len() {
+            assert!(decode("r", &bytes[..cut]).is_none(), "a truncated entry ({cut} bytes) is refused");
+        }
     }
 
     #[test]

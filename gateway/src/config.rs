@@ -42,7 +42,19 @@ const ENV_VARS: &[&str] = &[
     "RATE_LIMIT_REDIS_TIMEOUT",
     "RATE_LIMIT_REDIS_FAILURE",
     "CACHE_MAX_BYTES",
+    "CACHE_STORE",
 ];
+
+/// Where cached responses live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheStore {
+    /// This replica's memory.
+    #[default]
+    Memory,
+    /// Redis (`REDIS_URL`), shared by every replica.
+    Redis,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +119,7 @@ pub struct Config {
     pub rate_limit_redis_failure: crate::ratelimit::FailureMode,
     /// Memory for cached responses (all routes).
     pub cache_max_bytes: u64,
+    pub cache_store: CacheStore,
 }
 
 impl Default for Config {
@@ -145,6 +158,7 @@ impl Default for Config {
             rate_limit_redis_timeout: Duration::from_millis(100),
             rate_limit_redis_failure: crate::ratelimit::FailureMode::Local,
             cache_max_bytes: 64 * 1024 * 1024,
+            cache_store: CacheStore::Memory,
         }
     }
 }
@@ -211,6 +225,9 @@ impl Settings for Config {
             if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
                 problems.push(format!("REDIS_URL: '{url}' must be a redis:// URL"));
             }
+        }
+        if self.cache_store == CacheStore::Redis && self.redis().is_none() {
+            problems.push("CACHE_STORE: redis needs REDIS_URL (or REDIS_HOST)".into());
         }
         if self.report_interval.is_zero() {
             problems.push("REPORT_INTERVAL: must be more than 0".into());

@@ -241,8 +241,8 @@ impl Edge {
                 response = transform_response(shape, seen, &route.route.id, route.max_body, response).await;
             }
         }
-        if let Ok(id) = HeaderValue::from_str(&route.route.id) {
-            response.headers_mut().insert(ROUTE_HEADER, id);
+        if let Some(id) = &route.id_header {
+            response.headers_mut().insert(ROUTE_HEADER, id.clone());
         }
         if let (Some((remaining, reset)), Some(limiter)) = (limited, &route.limiter) {
             rate_limit_headers(response.headers_mut(), limiter, remaining, reset);
@@ -325,11 +325,20 @@ impl Edge {
         let limit = config.max_body_bytes.map_or(DEFAULT_CACHE_ENTRY, |b| usize::try_from(b).unwrap_or(usize::MAX));
         let slot = std::sync::Mutex::new(None);
         let ran = std::sync::atomic::AtomicBool::new(false);
+        let shared_hit = std::sync::atomic::AtomicBool::new(false);
         let fetch = async {
             ran.store(true, Ordering::Relaxed);
+            if directive == RequestDirective::Normal {
+                if let Some(entry) = self.cache.fetch_shared(&route.route.id, key).await {
+                    shared_hit.store(true, Ordering::Relaxed);
+                    return Ok(entry);
+                }
+            }
             let request = Request::from_parts(parts.clone(), Either::Right(Full::new(Bytes::new())));
             let response = self.proxy.call(upstream, request, Some(path), route.timeout).await;
-            store(&route.route.id, path, response, ttl, limit, &slot).await
+            let entry = store(&route.route.id, path, response, ttl, limit, &slot).await?;
+            self.cache.store_shared(key, &entry).await;
+            Ok(entry)
         };
         let result = if directive == RequestDirective::Refresh {
             match fetch.await {
@@ -342,14 +351,16 @@ impl Edge {
         } else {
             self.cache.entries().try_get_with(key, fetch).await.map_err(|_| ())
         };
-        let ours = ran.load(Ordering::Relaxed);
+        let ours = ran.load(Ordering::Relaxed) && !shared_hit.load(Ordering::Relaxed);
         let counter = if ours { &m.cache_misses } else { &m.cache_hits };
         counter.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(entry) => from_cache(&entry, if ours { "MISS" } else { "HIT" }, head_only),
-            Err(()) if ours => slot.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| {
-                error(StatusCode::BAD_GATEWAY, "upstream_error", "the upstream's answer could not be read")
-            }),
+            Err(()) if ran.load(Ordering::Relaxed) => {
+                slot.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| {
+                    error(StatusCode::BAD_GATEWAY, "upstream_error", "the upstream's answer could not be read")
+                })
+            }
             // Waited for another request whose answer could not be stored: ask on our own.
             Err(()) => {
                 let request = Request::from_parts(parts, Either::Right(Full::new(Bytes::new())));
@@ -624,11 +635,11 @@ fn rate_limit_headers(headers: &mut HeaderMap, limit: &RouteLimiter, remaining: 
 }
 
 fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
-    if let Ok(v) = HeaderValue::from_str(&identity.subject) {
-        headers.insert(USER_ID, v);
+    if let Some(v) = &identity.user_header {
+        headers.insert(USER_ID, v.clone());
     }
-    if let Ok(v) = HeaderValue::from_str(&identity.roles.join(",")) {
-        headers.insert(USER_ROLES, v);
+    if let Some(v) = &identity.roles_header {
+        headers.insert(USER_ROLES, v.clone());
     }
     headers.insert(AUTHENTICATED_VIA, HeaderValue::from_static(identity.via.as_str()));
 }

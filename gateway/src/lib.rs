@@ -155,8 +155,8 @@ struct PurgeQuery {
     path: Option<String>,
 }
 
-/// Drops cached answers: all, a route's, or a route's for one path (`?route=&path=`). This
-/// replica's memory cache.
+/// Drops cached answers: all, a route's, or a route's for one path (`?route=&path=`): in this
+/// replica's memory and, with `CACHE_STORE=redis`, in Redis (every replica within a second).
 async fn purge_cache(
     State(state): State<AppState>,
     json::QueryParams(q): json::QueryParams<PurgeQuery>,
@@ -166,8 +166,9 @@ async fn purge_cache(
     }
     state
         .cache
-        .purge(q.route.as_deref(), q.path.as_deref())
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+        .purge_everywhere(q.route.as_deref(), q.path.as_deref())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cache_store_unavailable", e))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -256,6 +257,12 @@ pub async fn run(
         None => None,
     };
     state.shared_limits = shared.clone();
+    if config.cache_store == config::CacheStore::Redis {
+        let url = config.redis().context("CACHE_STORE=redis needs REDIS_URL")?;
+        let (conn, _) = ratelimit::connect_redis(&url, config.rate_limit_redis_timeout).await?;
+        state.cache =
+            Arc::new(cache::ResponseCache::shared(config.cache_max_bytes, conn, config.rate_limit_redis_timeout));
+    }
     let limits = ratelimit::Limits { shared };
     let forgetting = tokio::spawn(routes.clone().forget_idle_callers());
     let cache = state.cache.clone();

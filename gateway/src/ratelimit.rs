@@ -90,8 +90,8 @@ impl RouteLimiter {
     }
 
     /// Decides locally.
-    pub fn check_local(&self, key: &str) -> Decision {
-        match self.local.check_key(&key.to_string()) {
+    pub fn check_local(&self, key: &String) -> Decision {
+        match self.local.check_key(key) {
             Ok(state) => {
                 let remaining = state.remaining_burst_capacity();
                 let used = self.config.requests.saturating_sub(remaining);
@@ -168,6 +168,23 @@ type GcraAnswer = (u8, u64, u64, u64);
 impl Shared {
     /// Connects (lazily retrying); Err when the URL is not usable.
     pub async fn connect(url: &str, timeout: Duration, failure_mode: FailureMode) -> anyhow::Result<Shared> {
+        let (conn, up) = connect_redis(url, timeout).await?;
+        Ok(Shared {
+            conn,
+            script: redis::Script::new(GCRA),
+            timeout,
+            failure_mode,
+            down_until_ms: AtomicU64::new(0),
+            up: AtomicBool::new(up),
+            stats: SharedStats::default(),
+        })
+    }
+}
+
+/// A Redis connection (multiplexed, reconnecting); `false` when Redis did not answer at start (the
+/// connection keeps trying).
+pub async fn connect_redis(url: &str, timeout: Duration) -> anyhow::Result<(redis::aio::ConnectionManager, bool)> {
+    {
         let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
@@ -192,24 +209,18 @@ impl Shared {
                     .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?
             }
         };
-        Ok(Shared {
-            conn,
-            script: redis::Script::new(GCRA),
-            timeout,
-            failure_mode,
-            down_until_ms: AtomicU64::new(0),
-            up: AtomicBool::new(up),
-            stats: SharedStats::default(),
-        })
+        Ok((conn, up))
     }
+}
 
+impl Shared {
     /// Whether Redis answered its last call.
     pub fn healthy(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 
     /// Decides in Redis; on failure by the failure mode.
-    pub async fn check(&self, limiter: &RouteLimiter, key: &str) -> Decision {
+    pub async fn check(&self, limiter: &RouteLimiter, key: &String) -> Decision {
         let now = reskflow_sidecar::clock::now_ms();
         if now < self.down_until_ms.load(Ordering::Relaxed) {
             return self.fallback(limiter, key);
@@ -243,7 +254,7 @@ impl Shared {
         }
     }
 
-    fn fallback(&self, limiter: &RouteLimiter, key: &str) -> Decision {
+    fn fallback(&self, limiter: &RouteLimiter, key: &String) -> Decision {
         self.stats.fallback_decisions.fetch_add(1, Ordering::Relaxed);
         match self.failure_mode {
             FailureMode::Local => limiter.check_local(key),
@@ -259,7 +270,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub async fn check(&self, limiter: &RouteLimiter, key: &str) -> Decision {
+    pub async fn check(&self, limiter: &RouteLimiter, key: &String) -> Decision {
         match &self.shared {
             Some(shared) => shared.check(limiter, key).await,
             None => limiter.check_local(key),
@@ -281,9 +292,11 @@ mod tests {
     fn a_burst_of_the_limit_then_refusals_per_caller() {
         let l = limit(3, "1m");
         for expected in [2, 1, 0] {
-            assert!(matches!(l.check_local("alice"), Decision::Allowed { remaining, .. } if remaining == expected));
+            assert!(
+                matches!(l.check_local(&"alice".into()), Decision::Allowed { remaining, .. } if remaining == expected)
+            );
         }
-        match l.check_local("alice") {
+        match l.check_local(&"alice".into()) {
             Decision::Limited { retry_after, .. } => {
                 assert!(
                     retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20),
@@ -292,7 +305,7 @@ mod tests {
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
-        assert!(matches!(l.check_local("bob"), Decision::Allowed { remaining: 2, .. }), "callers are apart");
+        assert!(matches!(l.check_local(&"bob".into()), Decision::Allowed { remaining: 2, .. }), "callers are apart");
         assert_eq!(l.callers(), 2);
     }
 }

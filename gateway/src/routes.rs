@@ -29,6 +29,8 @@ pub struct CompiledRoute {
     pub metrics: Arc<RouteMetrics>,
     /// Validation and transforms, when the route has any.
     pub shape: Option<Arc<Shape>>,
+    /// `X-Reskflow-Route` on its answers.
+    pub id_header: Option<http::HeaderValue>,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +71,7 @@ pub fn compile(
         redis_prefix: format!("reskflow:rl:{}:", route.id),
         metrics,
         shape: Shape::compile(route)?.map(Arc::new),
+        id_header: http::HeaderValue::from_str(&route.id).ok(),
     })
 }
 

@@ -735,3 +735,130 @@ async fn validation_names_every_error_and_transforms_reshape_requests_and_respon
     let route = metrics["routes"].as_array().and_then(|r| r.iter().find(|r| r["route"] == "place-order")).cloned();
     assert_eq!(route.unwrap_or_default()["validationFailures"], 5, "{metrics}");
 }
+
+const RSA_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQCw1WvjE9BM0nFh
+Kyt56cczeTYuqwlvmRQM3rwS1TYtUYvRmiy9IoCvlWGL8d592Up3HN+d8i33iSK9
+cstT4/FmKI3Ap0rlSZuwre5yGZ325YvOVhq2zotr3Q+PAKatfuT7j1vwT8UsjfPW
+DIc0gCfgwup3Gx/PYdusF4Yi117IrGD//btKE0mAcLZsL1U/ih/zSKn+w/PuclIp
+s1fbczPWINyDCkshfvRRjaWadxp3MOmTaSeejDZphrSM5Qh6K3bCxO96f38k67CW
+de3i1uP+ZMwMXG/ij33ARIhyr/Ac9OaYbj1qgieYVuICiAS+J1tj8xdf1318t43U
+9AxsYcHRAgMBAAECggEAEx+pkL+yTbSOhWslQwR4wgTQSsC9fv+njvLBlSnQt5rz
+i4HoZ7XlA9gcWgWYwbRvnK0XM94egYAnrSROf+6NSzaEifqtm1lYCIXu3REPJ8XQ
+VkqyjeWNZ2dbSORRoj6wZdItp7IAyV46qgHl11Qqu+BoeeQJjyRunNBYdckj24C2
+hPNdZDs2Hi9/j3I0PlYAOlN8zCyIvfj84tS/X+BDaX7WZ0BOjhrmb3oI8jGEV1gK
+ZHEYz/oHboUWK/19iVeyQaMOqpnUT53fwAF+NNGUfavK59e+T9dXsyguc8pLamAd
+X4cYJY6OuwIexkjkad7uRUSuwj+b8JX+xzC0Wy9ZZwKBgQDxMLq/gWlu2AROGrHl
+YeamEEyQMnZHpv/A9Y1hM32gONJzU39lIdLpM1fHBZDq2W4QQokTzuwAGJ4FNMss
+AnihMzwx/c4Tuj6u/N+gmTzEuOBy/5mRO26a3sMAZd0TkxV0JHuiho0+YaKP3eT2
+UH/1QVZJ8O3WKgMS+xZCYGDp0wKBgQC7sRHP28kH9L2dQQu+Hj+Q61tYNRyI6t0k
+55ZX3lCWo6LmKE+dVB8/GVp2NHE12hqOvzjZ2pys/H75GSf7rmTPxPr1YIBodPH7
+aOOAJrMo/y5l0DgE5pqJZM5kBYAfELm6mOrnuurE20pMdSkJPFHYA5+QjjvD9Yk2
+j0LjItwbSwKBgG84RlV7CrBngoy1uKULIT4gs/2ml25xLuy/DuPsx5hzu3Ac59kt
+4MFSwL5w7aOugheTZvywZZmhwHSsJKh1t0S2iKKQ5E+qia9Nwp2fLCuXCUFeZmVX
+X6ig4pEzZ9/X6oO1MyH+I/HJOhpXe3auJmNlLrJIHJSuqN4+1MPlB6urAoGAYl3T
+svdCLaxDr+XGLLaXo/DlZ542PT+x9MR208hMvhY2qp8X0qGi2qQD+A1WA94xqvxm
+5C4hjLusJAreHJZyeT2INQ+FXLlllNiM2r3tiZ/rhiqRIWhmN3mgfWUwl5dhb3zz
+J82bet5e2yFQB2oYjrifaNhSVEobxn9gk7/SUW8CgYEA7tj+MuclID2GzlAn9ITt
+hxKytJi+z5Iuz0Us1a28AkRwra/ICOwTsBXnBIZUjzl/ZpmXWdg2BewC45/lLl3W
+T1Yd4lzwsQz3kkh8LqarENqx2417CizHOByLE/6M+1lXH2xzs6WewMn4WF/SInvL
+6kQaM/oAhaAjdhNLGf06H5Q=
+-----END PRIVATE KEY-----";
+const RSA_N: &str = "sNVr4xPQTNJxYSsreenHM3k2LqsJb5kUDN68EtU2LVGL0ZosvSKAr5Vhi_HefdlKdxzfnfIt94kivXLLU-PxZiiNwKdK5UmbsK3uchmd9uWLzlYats6La90PjwCmrX7k-49b8E_FLI3z1gyHNIAn4MLqdxsfz2HbrBeGItdeyKxg__27ShNJgHC2bC9VP4of80ip_sPz7nJSKbNX23Mz1iDcgwpLIX70UY2lmncadzDpk2knnow2aYa0jOUIeit2wsTven9_JOuwlnXt4tbj_mTMDFxv4o99wESIcq_wHPTmmG49aoInmFbiAogEvidbY_MXX9d9fLeN1PQMbGHB0Q";
+
+#[tokio::test]
+async fn rs256_tokens_verify_with_keys_fetched_from_a_jwks_url() {
+    use axum::routing::get;
+    let jwks =
+        json!({ "keys": [{ "kty": "RSA", "kid": "r1", "alg": "RS256", "use": "sig", "n": RSA_N, "e": "AQAB" }] });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let jwks_url = format!("http://{}/.well-known/jwks.json", listener.local_addr().expect("addr"));
+    let app = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        get(move || {
+            let jwks = jwks.clone();
+            async move { axum::Json(jwks) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    let orders = EchoBackend::start("orders-1").await;
+    service_with(&client, "orders", &[&orders]).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("routes.json");
+    let routes = json!([{ "id": "orders", "path": "/api/orders/*", "serviceId": "orders", "authentication": true }]);
+    std::fs::write(&file, routes.to_string()).expect("write");
+    let gw = Gateway::start_with(
+        &cp,
+        &[("JWT_JWKS_URL", &jwks_url), ("JWT_AUDIENCE", "orders-api"), ("ROUTES_FILE", &file.to_string_lossy())],
+    )
+    .await;
+    let rs256 = |claims: &Value, kid: &str| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.to_string());
+        encode(&header, claims, &EncodingKey::from_rsa_pem(RSA_KEY.as_bytes()).expect("pem")).expect("token")
+    };
+    let good = format!("Bearer {}", rs256(&json!({ "sub": "r-user", "aud": "orders-api", "exp": now() + 600 }), "r1"));
+    let body = eventually("an RS256 token to pass", WAIT, || async {
+        let (status, _, body) = get_with(&gw, "/api/orders/1", &[("authorization", &good)]).await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(body["headers"]["x-user-id"], "r-user");
+    let wrong_audience =
+        format!("Bearer {}", rs256(&json!({ "sub": "r", "aud": "billing", "exp": now() + 600 }), "r1"));
+    let unknown_kid =
+        format!("Bearer {}", rs256(&json!({ "sub": "r", "aud": "orders-api", "exp": now() + 600 }), "r2"));
+    // HS256 is not accepted without a secret (the public key is never an HMAC secret).
+    let hs = format!("Bearer {}", hs256(&json!({ "sub": "r", "aud": "orders-api", "exp": now() + 600 }), RSA_N));
+    for (what, token) in [("wrong audience", &wrong_audience), ("unknown kid", &unknown_kid), ("hs256", &hs)] {
+        let (status, _, body) = get_with(&gw, "/api/orders/1", &[("authorization", token)]).await;
+        assert_eq!(status, 401, "{what}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn with_the_cache_in_redis_replicas_share_entries_and_a_purge() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    let catalog = EchoBackend::start("catalog-1").await;
+    service_with(&client, "catalog", &[&catalog]).await;
+    let env = [("REDIS_URL", redis_url()), ("CACHE_STORE", "redis".to_string())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = Gateway::start_with(&cp, &env).await;
+    let b = Gateway::start_with(&cp, &env).await;
+    let route = unique("shared-cache");
+    let (status, body) = a
+        .put(
+            &format!("/api/gateway/routes/{route}"),
+            json!({ "path": format!("/api/{route}/*"), "serviceId": "catalog", "cache": { "ttl": 60 } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let path = format!("/api/{route}/item");
+    let x_cache =
+        |h: &reqwest::header::HeaderMap| h.get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    for gw in [&a, &b] {
+        eventually("the cached route on both replicas", WAIT, || async {
+            let (status, _, _) = get_with(gw, &format!("/api/{route}/warm"), &[]).await;
+            (status == 200).then_some(())
+        })
+        .await;
+    }
+    let (_, headers, _) = get_with(&a, &path, &[]).await;
+    assert_eq!(x_cache(&headers), "MISS");
+    let served = catalog.served();
+    let (_, headers, _) = get_with(&b, &path, &[]).await;
+    assert_eq!(x_cache(&headers), "HIT", "the other replica finds it in Redis");
+    assert_eq!(catalog.served(), served);
+
+    let (status, _) = a.delete(&format!("/api/gateway/cache?route={route}")).await;
+    assert_eq!(status, 204);
+    eventually("the purge to reach the other replica", WAIT, || async {
+        let (_, headers, _) = get_with(&b, &path, &[("x-probe", "1")]).await;
+        (x_cache(&headers) == "MISS").then_some(())
+    })
+    .await;
+}
