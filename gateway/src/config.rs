@@ -43,6 +43,8 @@ const ENV_VARS: &[&str] = &[
     "RATE_LIMIT_REDIS_FAILURE",
     "CACHE_MAX_BYTES",
     "CACHE_STORE",
+    "HEADER_READ_TIMEOUT",
+    "MAX_HEADER_BYTES",
 ];
 
 /// Where cached responses live.
@@ -120,6 +122,11 @@ pub struct Config {
     /// Memory for cached responses (all routes).
     pub cache_max_bytes: u64,
     pub cache_store: CacheStore,
+    /// A client that has not sent a whole request head within this is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Largest request head; larger ones get 431.
+    pub max_header_bytes: usize,
 }
 
 impl Default for Config {
@@ -159,6 +166,8 @@ impl Default for Config {
             rate_limit_redis_failure: crate::ratelimit::FailureMode::Local,
             cache_max_bytes: 64 * 1024 * 1024,
             cache_store: CacheStore::Memory,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
         }
     }
 }
@@ -225,6 +234,12 @@ impl Settings for Config {
             if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
                 problems.push(format!("REDIS_URL: '{url}' must be a redis:// URL"));
             }
+        }
+        if self.header_read_timeout.is_zero() {
+            problems.push("HEADER_READ_TIMEOUT: must be more than 0".into());
+        }
+        if !(8192..=1 << 20).contains(&self.max_header_bytes) {
+            problems.push("MAX_HEADER_BYTES: must be between 8192 and 1048576".into());
         }
         if self.cache_store == CacheStore::Redis && self.redis().is_none() {
             problems.push("CACHE_STORE: redis needs REDIS_URL (or REDIS_HOST)".into());

@@ -14,7 +14,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
-use reskflow_sidecar::proxy::{serve_http, Proxy, ProxyBody};
+use reskflow_sidecar::proxy::{serve_http, Proxy, ProxyBody, ServeLimits};
 use reskflow_sidecar::routing::{self, fill_target};
 use reskflow_sidecar::upstreams::Upstreams;
 use tokio::net::TcpListener;
@@ -75,12 +75,14 @@ pub struct Edge {
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     pub cache: Arc<ResponseCache>,
+    /// Header read timeout and size.
+    pub serve_limits: ServeLimits,
 }
 
 impl Edge {
     /// Serves until `shutdown`, then lets open requests finish (bounded).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        serve_http(listener, shutdown, move |req, peer| {
+        serve_http(listener, shutdown, self.serve_limits, move |req, peer| {
             let edge = self.clone();
             async move { edge.handle(req, peer).await }
         })

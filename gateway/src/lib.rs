@@ -277,6 +277,10 @@ pub async fn run(
         limits,
         metrics,
         cache,
+        serve_limits: reskflow_sidecar::proxy::ServeLimits {
+            header_read_timeout: config.header_read_timeout,
+            max_header_bytes: config.max_header_bytes,
+        },
     });
     info!(addr = %listener.local_addr()?, control_plane = %config.orchestration_url, node = %node, "gateway serving");
     let serving = tokio::spawn(edge.serve(listener, stop.clone()));

@@ -90,7 +90,7 @@ impl Proxy {
 
     /// Serves the outbound port until `shutdown`, then lets open requests finish (bounded).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        serve_http(listener, shutdown, move |req, _| {
+        serve_http(listener, shutdown, ServeLimits::default(), move |req, _| {
             let proxy = self.clone();
             async move { proxy.handle(req).await }
         })
@@ -364,9 +364,24 @@ async fn buffer_small(response: Response<PooledBody>) -> Result<Response<ProxyBo
     Ok(Response::from_parts(head, Either::Right(Full::new(bytes))))
 }
 
+/// Limits on what a client may send before its request is handled.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// A client that has not sent a whole request head within this is disconnected (slowloris).
+    pub header_read_timeout: Duration,
+    /// Largest request head (HTTP/1.1); larger ones get 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits { header_read_timeout: Duration::from_secs(10), max_header_bytes: 64 * 1024 }
+    }
+}
+
 /// Accepts HTTP/1.1 and HTTP/2 (prior knowledge) connections on `listener` and answers each request
 /// with `handle(request, peer)`, until `shutdown`; then lets open requests finish (at most 10 s).
-pub async fn serve_http<F, Fut, B>(listener: TcpListener, shutdown: CancellationToken, handle: F)
+pub async fn serve_http<F, Fut, B>(listener: TcpListener, shutdown: CancellationToken, limits: ServeLimits, handle: F)
 where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<B>> + Send + 'static,
@@ -375,7 +390,16 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -862,3 +862,56 @@ async fn with_the_cache_in_redis_replicas_share_entries_and_a_purge() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn smuggling_oversized_heads_and_slow_clients_are_refused() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    let orders = EchoBackend::start("orders-1").await;
+    service_with(&client, "orders", &[&orders]).await;
+    let gw = Gateway::start_with(&cp, &[("HEADER_READ_TIMEOUT", "1s"), ("MAX_HEADER_BYTES", "16384")]).await;
+    let (status, _) =
+        gw.put("/api/gateway/routes/orders", json!({ "path": "/api/orders/*", "serviceId": "orders" })).await;
+    assert_eq!(status, 200);
+    eventually("the route", WAIT, || async {
+        let (status, _, _) = get_with(&gw, "/api/orders/1", &[]).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let exchange = |request: Vec<u8>| {
+        let addr = addr.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            stream.write_all(&request).await.expect("write");
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+            String::from_utf8_lossy(&answer).to_string()
+        }
+    };
+    // Content-Length and Transfer-Encoding together (request smuggling): the body is read by
+    // Transfer-Encoding alone and the connection is closed after the answer (RFC 9112 6.3), so the
+    // request hidden behind it is never read as one.
+    let served = orders.served();
+    let answer = exchange(
+        b"POST /api/orders/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/orders/2 HTTP/1.1\r\nHost: x\r\n\r\n"
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "one answer, then the connection closes: {answer}");
+    assert!(answer.contains(r#""path":"/api/orders/1""#), "{answer}");
+    assert!(!answer.contains("/api/orders/2"), "{answer}");
+    assert_eq!(orders.served(), served + 1, "only the first request reached the backend");
+    let served = orders.served();
+    // A head larger than MAX_HEADER_BYTES: 431.
+    let big = format!("GET /api/orders/1 HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(32 * 1024));
+    let answer = exchange(big.into_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{}", &answer[..answer.len().min(200)]);
+    // A client that never finishes its head is disconnected after HEADER_READ_TIMEOUT.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    slow.write_all(b"GET /api/orders/1 HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.expect("write");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the gateway closed the slow connection");
+    assert_eq!(orders.served(), served);
+}
