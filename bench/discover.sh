@@ -39,7 +39,7 @@ cpu_ticks() { local t=0 p a; for p in "$@"; do read -ra a <<<"$(sed 's/^.*) //' 
 start_system() {
     local name=$1 db=$2 grpc=$3 rest=$4
     local dir="$OUT/$name"; mkdir -p "$dir"
-    (cd "$dir" && GRPC_ADDR=127.0.0.1:$grpc DATABASE_URL=$db RUST_LOG=warn exec "$BIN/control-plane") >"$dir/cp.log" 2>&1 &
+    (cd "$dir" && GRPC_ADDR=127.0.0.1:$grpc METRICS_ADDR=127.0.0.1:0 DATABASE_URL=$db RUST_LOG=warn exec "$BIN/control-plane") >"$dir/cp.log" 2>&1 &
     pids+=($!); eval "${name}_cp=$!"
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$grpc) 2>/dev/null && break; sleep 0.1; done
     (PORT=$rest BIND_ADDR=127.0.0.1 ORCHESTRATION_URL=http://127.0.0.1:$grpc RUST_LOG=warn exec "$BIN/gateway") >"$dir/gw.log" 2>&1 &

@@ -50,7 +50,7 @@ sed -i "s|curl -s -o /dev/null|curl -s -H 'Authorization: $AUTH' -o /dev/null|; 
 export URLPATH=/api/bench
 
 mkdir -p "$OUT/cp"
-(cd "$OUT/cp" && GRPC_ADDR=127.0.0.1:15191 DATABASE_URL=sqlite://reskflow.db RUST_LOG=warn exec "$BIN/control-plane") >"$OUT/cp/log" 2>&1 &
+(cd "$OUT/cp" && GRPC_ADDR=127.0.0.1:15191 METRICS_ADDR=127.0.0.1:0 DATABASE_URL=sqlite://reskflow.db RUST_LOG=warn exec "$BIN/control-plane") >"$OUT/cp/log" 2>&1 &
 pids+=($!); wait_port 15191
 
 start_gateway() { # start_gateway NAME PORT [ENV=VALUE...]

@@ -28,7 +28,7 @@ wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/nul
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 mkdir -p "$OUT/cp" "$OUT/gw" "$OUT/sidecar" "$OUT/sidecar-wide"
-(cd "$OUT/cp" && GRPC_ADDR=127.0.0.1:15091 DATABASE_URL=sqlite://reskflow.db RUST_LOG=warn exec "$BIN/control-plane") >"$OUT/cp/log" 2>&1 &
+(cd "$OUT/cp" && GRPC_ADDR=127.0.0.1:15091 METRICS_ADDR=127.0.0.1:0 DATABASE_URL=sqlite://reskflow.db RUST_LOG=warn exec "$BIN/control-plane") >"$OUT/cp/log" 2>&1 &
 pids+=($!); wait_port 15091
 (cd "$OUT/gw" && PORT=15092 BIND_ADDR=127.0.0.1 ORCHESTRATION_URL=http://127.0.0.1:15091 RUST_LOG=warn exec "$BIN/gateway") >"$OUT/gw/log" 2>&1 &
 pids+=($!); wait_port 15092

@@ -22,7 +22,7 @@ trap '[[ -n $cp_pid ]] && kill $cp_pid 2>/dev/null; true' EXIT
 run() { # run NAME DATABASE_URL PORT
     local name=$1 db=$2 port=$3
     mkdir -p "$OUT/$name"
-    (cd "$OUT/$name" && GRPC_ADDR=127.0.0.1:$port DATABASE_URL=$db RUST_LOG=warn exec "$BIN/control-plane") >"$OUT/$name/cp.log" 2>&1 &
+    (cd "$OUT/$name" && GRPC_ADDR=127.0.0.1:$port METRICS_ADDR=127.0.0.1:0 DATABASE_URL=$db RUST_LOG=warn exec "$BIN/control-plane") >"$OUT/$name/cp.log" 2>&1 &
     cp_pid=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
     local rss_before rss_after line

@@ -23,7 +23,7 @@ trap '[[ -n $cp_pid ]] && kill $cp_pid 2>/dev/null; true' EXIT
 
 start_cp() { # start_cp NAME DATABASE_URL PORT
     mkdir -p "$OUT/$1"
-    (cd "$OUT/$1" && GRPC_ADDR=127.0.0.1:$3 DATABASE_URL=$2 WORKFLOW_CONCURRENCY=$WORKFLOW_CONCURRENCY RUST_LOG=warn \
+    (cd "$OUT/$1" && GRPC_ADDR=127.0.0.1:$3 METRICS_ADDR=127.0.0.1:0 DATABASE_URL=$2 WORKFLOW_CONCURRENCY=$WORKFLOW_CONCURRENCY RUST_LOG=warn \
         exec "$BIN/control-plane") >>"$OUT/$1/cp.log" 2>&1 &
     cp_pid=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$3) 2>/dev/null && return 0; sleep 0.1; done

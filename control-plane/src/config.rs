@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 /// Environment variables read (each maps to the field of the same name in lower case).
 const ENV_VARS: &[&str] = &[
     "GRPC_ADDR",
+    "METRICS_ADDR",
     "DATABASE_URL",
     "DB_MAX_CONNECTIONS",
     "NODE_ID",
@@ -28,6 +29,8 @@ const ENV_VARS: &[&str] = &[
 pub struct Config {
     /// gRPC listen address.
     pub grpc_addr: String,
+    /// Where `/metrics` (Prometheus) and `/health` are served over HTTP; empty: not served.
+    pub metrics_addr: String,
     /// `sqlite://file.db` (default, created on first start) or `postgres://...`.
     pub database_url: String,
     pub db_max_connections: u32,
@@ -53,6 +56,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             grpc_addr: "127.0.0.1:50051".into(),
+            metrics_addr: "127.0.0.1:9464".into(),
             database_url: "sqlite://reskflow.db".into(),
             db_max_connections: 16,
             node_id: String::new(),
@@ -71,6 +75,9 @@ impl Settings for Config {
 
     fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        if !self.metrics_addr.is_empty() && self.metrics_addr.parse::<SocketAddr>().is_err() {
+            problems.push(format!("METRICS_ADDR: '{}' is not an address like 127.0.0.1:9464", self.metrics_addr));
+        }
         if self.grpc_addr.parse::<SocketAddr>().is_err() {
             problems.push(format!("GRPC_ADDR: '{}' is not an address like 127.0.0.1:50051", self.grpc_addr));
         }

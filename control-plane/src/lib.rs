@@ -13,11 +13,13 @@
 pub mod api;
 pub mod config;
 pub mod config_push;
+pub mod metrics;
 pub mod registry;
 pub mod store;
 pub mod workflow;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -74,13 +76,36 @@ pub async fn run(
         .set_serving::<reskflow_proto::pb::registry::v1::registry_server::RegistryServer<api::registry::RegistryApi>>()
         .await;
     let addr = listener.local_addr().context("listener address")?;
+    let config_api = api::config::ConfigApi::new(registry.clone(), node_id.clone());
+    let grpc_metrics = Arc::new(metrics::GrpcMetrics::default());
+    if !config.metrics_addr.is_empty() {
+        let metrics_listener = TcpListener::bind(&config.metrics_addr)
+            .await
+            .with_context(|| format!("while binding METRICS_ADDR {}", config.metrics_addr))?;
+        let app = metrics::router(metrics::Sources {
+            grpc: grpc_metrics.clone(),
+            store: store.clone(),
+            registry: registry.clone(),
+            config_streams: Arc::new(config_api.stream_count()),
+        });
+        info!(addr = %config.metrics_addr, "control plane serving /metrics");
+        let metrics_stop = stop.clone();
+        tasks.spawn(async move {
+            let served =
+                axum::serve(metrics_listener, app).with_graceful_shutdown(metrics_stop.cancelled_owned()).await;
+            if let Err(err) = served {
+                warn!(error = %err, "metrics server failed");
+            }
+        });
+    }
     info!(%addr, "control plane serving gRPC");
     let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(metrics::GrpcMetricsLayer(grpc_metrics))
         .add_service(health_service)
         .add_service(api::registry::RegistryApi::new(registry.clone()).into_server())
         .add_service(api::workflows::WorkflowsApi::new(engine).into_server())
-        .add_service(api::config::ConfigApi::new(registry.clone(), node_id.clone()).into_server())
+        .add_service(config_api.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
 

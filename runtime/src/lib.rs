@@ -5,6 +5,9 @@
 //! - [`start`]: load and validate the configuration (every problem reported, exit code 64, before
 //!   any port is bound), install tracing, build the runtime, serve until SIGINT/SIGTERM.
 //! - [`shutdown_signal`]: resolves on SIGINT or SIGTERM.
+//! - [`metrics`]: the latency histogram and Prometheus text helpers.
+
+pub mod metrics;
 
 use std::future::Future;
 use std::path::Path;

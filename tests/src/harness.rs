@@ -192,6 +192,7 @@ impl ControlPlane {
             ("DATABASE_URL".to_string(), database_url.clone()),
             ("HEALTH_LEASE_TTL".to_string(), "1s".to_string()),
             ("NODE_ID".to_string(), format!("cp-{port}")),
+            ("METRICS_ADDR".to_string(), format!("127.0.0.1:{}", free_port())),
         ];
         for (key, value) in options.env {
             envs.retain(|(k, _)| *k != key);
@@ -238,6 +239,12 @@ impl ControlPlane {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `http://<METRICS_ADDR>` (Prometheus `/metrics`, `/health`).
+    pub fn metrics_url(&self) -> String {
+        let addr = self.envs.iter().find(|(k, _)| k == "METRICS_ADDR").map(|(_, v)| v.clone()).unwrap_or_default();
+        format!("http://{addr}")
     }
 
     pub fn client(&self) -> reskflow_proto::Client {

@@ -169,6 +169,12 @@ impl ConfigApi {
         ConfigApi { registry, node_id, book, configs: Arc::default() }
     }
 
+    /// Connected data planes on this replica (for `/metrics`).
+    pub fn stream_count(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let book = self.book.clone();
+        move || book.clients.lock().map_or(0, |p| p.rows.len())
+    }
+
     pub fn into_server(self) -> config_server::ConfigServer<Self> {
         config_server::ConfigServer::new(self)
     }

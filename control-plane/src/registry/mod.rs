@@ -134,6 +134,11 @@ impl Registry {
         Ok(records.last().map_or(0, |r| r.seq))
     }
 
+    /// Open Watch streams (subscribers of the change feed) on this replica.
+    pub fn watchers(&self) -> usize {
+        self.inner.feed.receiver_count()
+    }
+
     /// Subscribes to changes, then returns the state the subscription starts after.
     pub fn subscribe(&self) -> (broadcast::Receiver<Feed>, Vec<Service>, Vec<Instance>, u64) {
         let rx = self.inner.feed.subscribe();

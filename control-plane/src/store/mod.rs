@@ -98,6 +98,34 @@ pub struct Store {
     write_gate: Arc<tokio::sync::Mutex<()>>,
     /// Signalled when this process (or, on PostgreSQL, another replica) queues a due workflow task.
     tasks_ready: Arc<Notify>,
+    timings: Arc<Timings>,
+}
+
+/// How long the store's main transactions take (for `/metrics`).
+#[derive(Default)]
+pub struct Timings {
+    pub registry_write: reskflow_runtime::metrics::Histogram,
+    pub workflow_commit: reskflow_runtime::metrics::Histogram,
+    pub task_claim: reskflow_runtime::metrics::Histogram,
+}
+
+impl Timings {
+    pub fn all(&self) -> [(&'static str, &reskflow_runtime::metrics::Histogram); 3] {
+        [
+            ("registry_write", &self.registry_write),
+            ("workflow_commit", &self.workflow_commit),
+            ("task_claim", &self.task_claim),
+        ]
+    }
+}
+
+/// The workflow queue and runs, counted at one moment.
+#[derive(Debug, Default)]
+pub struct WorkflowGauges {
+    pub runs_by_status: Vec<(String, i64)>,
+    pub due: i64,
+    pub held: i64,
+    pub scheduled: i64,
 }
 
 impl std::fmt::Debug for Store {
@@ -161,6 +189,7 @@ impl Store {
             changed: Arc::new(Notify::new()),
             write_gate: Arc::new(tokio::sync::Mutex::new(())),
             tasks_ready: Arc::new(Notify::new()),
+            timings: Arc::default(),
         };
         Ok(store)
     }
@@ -186,6 +215,30 @@ impl Store {
 }
 
 impl Store {
+    pub fn timings(&self) -> &Timings {
+        &self.timings
+    }
+
+    /// Runs by status and the task queue, read now (for `/metrics`).
+    pub async fn workflow_gauges(&self) -> Result<WorkflowGauges, StoreError> {
+        let runs_by_status: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM workflow_instances GROUP BY status ORDER BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        let now = now_ms();
+        let (due, held, scheduled): (i64, i64, i64) = sqlx::query_as(
+            "SELECT \
+               COALESCE(SUM(CASE WHEN run_at_ms <= $1 AND lease_until_ms <= $1 THEN 1 ELSE 0 END), 0), \
+               COALESCE(SUM(CASE WHEN lease_until_ms > $1 THEN 1 ELSE 0 END), 0), \
+               COALESCE(SUM(CASE WHEN run_at_ms > $1 AND lease_until_ms <= $1 THEN 1 ELSE 0 END), 0) \
+             FROM workflow_tasks",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(WorkflowGauges { runs_by_status, due, held, scheduled })
+    }
+
     /// SQLite has one writer: in-process writers queue here (None on PostgreSQL, where writers only
     /// lock the rows they touch). Hold the guard until the write commits.
     pub(super) async fn sqlite_gate(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {

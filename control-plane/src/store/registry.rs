@@ -151,6 +151,7 @@ impl Store {
 
     /// Applies one mutation and returns the changes it committed, in version order.
     pub async fn apply(&self, mutation: Mutation) -> Result<Vec<ChangeRecord>, StoreError> {
+        let _timer = self.timings().registry_write.time();
         let (_gate, mut tx) = self.begin_registry_write().await?;
         let now = now_ms();
         let changes = write_rows(&mut tx, mutation, now).await?;

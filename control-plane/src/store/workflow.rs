@@ -420,6 +420,7 @@ impl Store {
 
     /// Claims up to `limit` due tasks for `owner`, each until now + `lease` + its hold.
     pub async fn claim_tasks(&self, owner: &str, lease: Duration, limit: u32) -> Result<Vec<Task>, StoreError> {
+        let _timer = self.timings().task_claim.time();
         let now = now_ms();
         let until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
         let lock = if self.backend == Backend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
@@ -525,6 +526,7 @@ impl Store {
         if commits.is_empty() {
             return Ok(Vec::new());
         }
+        let _timer = self.timings().workflow_commit.time();
         let (_gate, mut tx) = self.begin_workflow_write().await?;
         let pg = self.backend == Backend::Postgres;
 
