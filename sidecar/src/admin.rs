@@ -27,6 +27,7 @@ pub struct Admin {
 
 pub fn router(admin: Admin) -> Router {
     Router::new()
+        .route("/health", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/config_dump", get(config_dump))

@@ -68,6 +68,8 @@ async fn a_sidecar_registers_its_instance_routes_to_the_upstream_and_follows_new
     let sidecar =
         Sidecar::start(&cp, &[("UPSTREAMS", "payments"), ("SERVICE_ID", "orders"), ("SERVICE_PORT", "9999")]).await;
     ready(&sidecar).await;
+    let (status, _) = sidecar.admin("/health").await;
+    assert_eq!(status, 200, "the liveness path of deploy/k8s");
 
     // Path style: /<service>/<path>, the prefix removed; round robin over both instances.
     let (status, headers, body) = sidecar.get("/payments/charges/7?currency=eur").await;
