@@ -342,7 +342,8 @@ pub struct Gateway {
     pub process: Process,
     pub url: String,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    envs: Vec<(String, String)>,
+    dir: tempfile::TempDir,
 }
 
 impl Gateway {
@@ -366,7 +367,7 @@ impl Gateway {
         for _ in 0..300 {
             if let Ok(r) = http.get(format!("{url}/ready")).send().await {
                 if r.status().is_success() {
-                    return Gateway { process, url, http, _dir: dir };
+                    return Gateway { process, url, http, envs, dir };
                 }
             }
             if let Ok(Some(status)) = process.child.try_wait() {
@@ -379,6 +380,22 @@ impl Gateway {
 
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// Stops it (SIGTERM) and starts it again in the same directory (its saved config there),
+    /// waiting only until it serves (`/health`): the control plane may be down.
+    pub async fn restart(&mut self) {
+        self.process.terminate().await;
+        self.process = Process::spawn("gateway", "gateway", &self.envs, self.dir.path());
+        for _ in 0..300 {
+            if let Ok(r) = self.http.get(format!("{}/health", self.url)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway not serving after a restart:\n{}", self.process.log());
     }
 
     /// Sends a request and returns the status and the JSON body (Null when empty).

@@ -915,3 +915,123 @@ async fn smuggling_oversized_heads_and_slow_clients_are_refused() {
     assert!(closed.is_ok(), "the gateway closed the slow connection");
     assert_eq!(orders.served(), served);
 }
+
+#[tokio::test]
+async fn with_the_control_plane_down_a_gateway_keeps_routing_and_restarts_from_its_saved_config() {
+    let mut cp = ControlPlane::start().await;
+    let client = cp.client();
+    let orders = EchoBackend::start("orders-1").await;
+    service_with(&client, "orders", &[&orders]).await;
+    let mut gw = Gateway::start(&cp).await;
+    let (status, _) =
+        gw.put("/api/gateway/routes/orders", json!({ "path": "/api/orders/*", "serviceId": "orders" })).await;
+    assert_eq!(status, 200);
+    eventually("the route", WAIT, || async {
+        let (status, _, _) = get_with(&gw, "/api/orders/1", &[]).await;
+        (status == 200).then_some(())
+    })
+    .await;
+
+    cp.process.kill().await;
+    let (status, _, body) = get_with(&gw, "/api/orders/2", &[]).await;
+    assert_eq!((status, body["backend"].as_str()), (200, Some("orders-1")), "routes keep working");
+    let (status, body) = gw.get("/api/gateway/routes").await;
+    assert_eq!(status, 503, "management says the control plane is away: {body}");
+
+    // A gateway started while the control plane is down routes with its saved config.
+    gw.restart().await;
+    let (status, _, body) = get_with(&gw, "/api/orders/3", &[]).await;
+    assert_eq!((status, body["backend"].as_str()), (200, Some("orders-1")), "{body}");
+
+    // The control plane returns: the stream resumes and new routes arrive.
+    cp.restart().await;
+    eventually("management to answer again", WAIT, || async {
+        let (status, _) =
+            gw.put("/api/gateway/routes/more", json!({ "path": "/api/more/*", "serviceId": "orders" })).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    eventually("the new route", WAIT, || async {
+        let (status, _, _) = get_with(&gw, "/api/more/1", &[]).await;
+        (status == 200).then_some(())
+    })
+    .await;
+}
+
+/// A Redis of the test's own on a port (so it can be stopped and started again); killed on drop.
+struct OwnRedis(std::process::Child);
+
+impl OwnRedis {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn own_redis(port: u16) -> OwnRedis {
+    OwnRedis(
+        std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server"),
+    )
+}
+
+#[tokio::test]
+async fn when_redis_goes_away_limits_fall_back_to_local_and_return_to_redis_when_it_comes_back() {
+    let port = reskflow_e2e::harness::free_port();
+    let mut redis = own_redis(port);
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    let orders = EchoBackend::start("orders-1").await;
+    service_with(&client, "orders", &[&orders]).await;
+    let gw = Gateway::start_with(&cp, &[("REDIS_URL", &format!("redis://127.0.0.1:{port}"))]).await;
+    let (status, _) = gw
+        .put(
+            "/api/gateway/routes/lim",
+            json!({ "path": "/api/lim/*", "serviceId": "orders",
+                                                "rateLimit": { "requests": 1000, "window": "1h", "per": ["ip"] } }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    eventually("the route, limited in Redis", WAIT, || async {
+        let (status, _, _) = get_with(&gw, "/api/lim/1", &[]).await;
+        let (_, m) = gw.get("/api/gateway/metrics").await;
+        (status == 200 && m["redis"]["healthy"] == true).then_some(())
+    })
+    .await;
+    let keys = || {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "--raw", "keys", "reskflow:rl:lim:*"])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count()
+    };
+    assert_eq!(keys(), 1, "the limit lives in Redis");
+
+    // Redis goes away: requests keep being served on the local limit, and the metrics say so.
+    redis.stop();
+    for n in 0..5 {
+        let (status, _, _) = get_with(&gw, "/api/lim/1", &[]).await;
+        assert_eq!(status, 200, "request {n} with Redis down");
+    }
+    let (_, m) = gw.get("/api/gateway/metrics").await;
+    assert_eq!(m["redis"]["healthy"], false, "{m}");
+    assert!(m["redis"]["fallbackDecisions"].as_u64().is_some_and(|n| n >= 5), "{m}");
+
+    // It comes back (empty): within seconds the limit is decided in Redis again.
+    let _redis = own_redis(port);
+    eventually("the limit back in Redis", WAIT, || async {
+        let (status, _, _) = get_with(&gw, "/api/lim/1", &[]).await;
+        let (_, m) = gw.get("/api/gateway/metrics").await;
+        (status == 200 && m["redis"]["healthy"] == true && keys() == 1).then_some(())
+    })
+    .await;
+}
