@@ -1035,3 +1035,64 @@ async fn when_redis_goes_away_limits_fall_back_to_local_and_return_to_redis_when
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_hanging_backend_costs_its_route_a_bounded_timeout_and_leaves_other_routes_alone() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    let orders = EchoBackend::start("orders-1").await;
+    service_with(&client, "orders", &[&orders]).await;
+    // A backend that accepts connections and never answers.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hang_port = hang.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hang.accept().await {
+            held.push(socket);
+        }
+    });
+    let s: Service = serde_json::from_value(json!({ "id": "slow" })).expect("service");
+    client.register_service(s).await.expect("register");
+    let i: Instance = serde_json::from_value(
+        json!({ "id": "slow-1", "serviceId": "slow", "address": "127.0.0.1", "port": hang_port }),
+    )
+    .expect("instance");
+    client.register_instance(i).await.expect("register");
+    let gw = Gateway::start(&cp).await;
+    let (status, _) = gw
+        .put(
+            "/api/gateway/routes",
+            json!([
+                { "id": "slow", "path": "/api/slow/*", "serviceId": "slow", "timeout": "300ms" },
+                { "id": "orders", "path": "/api/orders/*", "serviceId": "orders" },
+            ]),
+        )
+        .await;
+    assert_eq!(status, 200);
+    eventually("the routes", WAIT, || async {
+        let (status, _, _) = get_with(&gw, "/api/orders/1", &[]).await;
+        (status == 200).then_some(())
+    })
+    .await;
+
+    // Twenty callers stuck on the hanging route at once; the other route answers meanwhile.
+    let slow = (0..20).map(|_| get_with(&gw, "/api/slow/x", &[]));
+    let fast = async {
+        let mut statuses = Vec::new();
+        for _ in 0..20 {
+            statuses.push(get_with(&gw, "/api/orders/1", &[]).await.0);
+        }
+        statuses
+    };
+    let (slow, fast) = tokio::join!(futures::future::join_all(slow), fast);
+    assert!(fast.iter().all(|s| *s == 200), "{fast:?}");
+    for (status, _, body) in &slow {
+        // 504 from the timeout, or 503 once the breaker has opened on the timeouts.
+        assert!(matches!(status, 504 | 503), "{status} {body}");
+    }
+    let (_, metrics) = gw.get("/api/gateway/metrics").await;
+    let slow =
+        metrics["routes"].as_array().and_then(|r| r.iter().find(|r| r["route"] == "slow")).cloned().unwrap_or_default();
+    let counted = slow["upstreamErrors"].as_u64().unwrap_or(0) + slow["breakerRejections"].as_u64().unwrap_or(0);
+    assert_eq!(counted, 20, "{slow}");
+}
