@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 const ENV_VARS: &[&str] = &[
     "GRPC_ADDR",
     "METRICS_ADDR",
+    "AUTH_SECRET",
     "DATABASE_URL",
     "DB_MAX_CONNECTIONS",
     "NODE_ID",
@@ -31,6 +32,9 @@ pub struct Config {
     pub grpc_addr: String,
     /// Where `/metrics` (Prometheus) and `/health` are served over HTTP; empty: not served.
     pub metrics_addr: String,
+    /// HS256 secret of the tokens callers must present (`control-plane token` mints them); empty:
+    /// dev mode, calls are not checked.
+    pub auth_secret: String,
     /// `sqlite://file.db` (default, created on first start) or `postgres://...`.
     pub database_url: String,
     pub db_max_connections: u32,
@@ -57,6 +61,7 @@ impl Default for Config {
         Config {
             grpc_addr: "127.0.0.1:50051".into(),
             metrics_addr: "127.0.0.1:9464".into(),
+            auth_secret: String::new(),
             database_url: "sqlite://reskflow.db".into(),
             db_max_connections: 16,
             node_id: String::new(),
@@ -75,6 +80,9 @@ impl Settings for Config {
 
     fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        if !self.auth_secret.is_empty() && self.auth_secret.len() < 32 {
+            problems.push("AUTH_SECRET: must be at least 32 bytes".into());
+        }
         if !self.metrics_addr.is_empty() && self.metrics_addr.parse::<SocketAddr>().is_err() {
             problems.push(format!("METRICS_ADDR: '{}' is not an address like 127.0.0.1:9464", self.metrics_addr));
         }

@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn, Instrument};
 
 use crate::config::Config;
@@ -76,6 +77,10 @@ pub async fn run(
         .set_serving::<reskflow_proto::pb::registry::v1::registry_server::RegistryServer<api::registry::RegistryApi>>()
         .await;
     let addr = listener.local_addr().context("listener address")?;
+    let auth = api::auth::Auth::new(&config.auth_secret)?;
+    if !auth.enabled() {
+        warn!("AUTH_SECRET is not set: the gRPC API accepts calls without credentials (dev mode)");
+    }
     let config_api = api::config::ConfigApi::new(registry.clone(), node_id.clone());
     let grpc_metrics = Arc::new(metrics::GrpcMetrics::default());
     if !config.metrics_addr.is_empty() {
@@ -103,9 +108,12 @@ pub async fn run(
         .tcp_nodelay(true)
         .layer(metrics::GrpcMetricsLayer(grpc_metrics))
         .add_service(health_service)
-        .add_service(api::registry::RegistryApi::new(registry.clone()).into_server())
-        .add_service(api::workflows::WorkflowsApi::new(engine).into_server())
-        .add_service(config_api.into_server())
+        .add_service(InterceptedService::new(
+            api::registry::RegistryApi::new(registry.clone()).into_server(),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(api::workflows::WorkflowsApi::new(engine).into_server(), auth.clone()))
+        .add_service(InterceptedService::new(config_api.into_server(), auth))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
 

@@ -45,6 +45,7 @@ const ENV_VARS: &[&str] = &[
     "CACHE_STORE",
     "HEADER_READ_TIMEOUT",
     "MAX_HEADER_BYTES",
+    "CONTROL_PLANE_TOKEN",
 ];
 
 /// Where cached responses live.
@@ -127,6 +128,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Largest request head; larger ones get 431.
     pub max_header_bytes: usize,
+    /// Token for the control plane's gRPC API (a `gateway` token, when it has AUTH_SECRET).
+    pub control_plane_token: String,
 }
 
 impl Default for Config {
@@ -168,6 +171,7 @@ impl Default for Config {
             cache_store: CacheStore::Memory,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            control_plane_token: String::new(),
         }
     }
 }

@@ -70,7 +70,8 @@ pub struct AppState {
 
 impl AppState {
     pub fn connect(config: &Config) -> anyhow::Result<Self> {
-        let options = ClientOptions { request_timeout: config.request_timeout, ..ClientOptions::default() };
+        let token = (!config.control_plane_token.is_empty()).then(|| config.control_plane_token.clone());
+        let options = ClientOptions { request_timeout: config.request_timeout, token, ..ClientOptions::default() };
         let clients = (0..config.control_plane_connections.max(1))
             .map(|_| Client::connect_lazy(&config.orchestration_url, options.clone()))
             .collect::<Result<Arc<[Client]>, _>>()

@@ -14,6 +14,8 @@
 
 use std::time::Duration;
 
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
@@ -30,20 +32,49 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Deadline of each unary call.
     pub request_timeout: Duration,
+    /// Bearer token sent with every call (a control plane with `AUTH_SECRET` requires one).
+    pub token: Option<String>,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { connect_timeout: Duration::from_secs(3), request_timeout: Duration::from_secs(10) }
+        ClientOptions { connect_timeout: Duration::from_secs(3), request_timeout: Duration::from_secs(10), token: None }
     }
 }
+
+/// Adds `authorization: Bearer <token>` to every call when there is a token.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials(Option<MetadataValue<Ascii>>);
+
+impl Credentials {
+    pub fn new(token: Option<&str>) -> Result<Credentials, Status> {
+        match token.filter(|t| !t.is_empty()) {
+            None => Ok(Credentials(None)),
+            Some(t) => MetadataValue::try_from(format!("Bearer {t}"))
+                .map(|v| Credentials(Some(v)))
+                .map_err(|_| Status::invalid_argument("the token is not valid header text")),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The channel with credentials: what the generated clients run on.
+pub type Transport = InterceptedService<Channel, Credentials>;
 
 /// Cheap to clone: clones share the channel.
 #[derive(Debug, Clone)]
 pub struct Client {
-    registry: RegistryClient<Channel>,
-    config: ConfigClient<Channel>,
-    workflows: WorkflowsClient<Channel>,
+    registry: RegistryClient<Transport>,
+    config: ConfigClient<Transport>,
+    workflows: WorkflowsClient<Transport>,
     request_timeout: Duration,
 }
 
@@ -63,11 +94,14 @@ impl Client {
         Ok(Self::from_channel(endpoint.connect_lazy(), options))
     }
 
+    /// A token that is not valid header text is sent as no token (the server then refuses).
     pub fn from_channel(channel: Channel, options: ClientOptions) -> Self {
+        let credentials = Credentials::new(options.token.as_deref()).unwrap_or_default();
+        let transport = InterceptedService::new(channel, credentials);
         Client {
-            registry: RegistryClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024),
-            config: ConfigClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024),
-            workflows: WorkflowsClient::new(channel)
+            registry: RegistryClient::new(transport.clone()).max_decoding_message_size(64 * 1024 * 1024),
+            config: ConfigClient::new(transport.clone()).max_decoding_message_size(64 * 1024 * 1024),
+            workflows: WorkflowsClient::new(transport)
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(16 * 1024 * 1024),
             request_timeout: options.request_timeout,
@@ -75,17 +109,17 @@ impl Client {
     }
 
     /// The generated client, for calls the typed helpers do not cover.
-    pub fn registry(&self) -> RegistryClient<Channel> {
+    pub fn registry(&self) -> RegistryClient<Transport> {
         self.registry.clone()
     }
 
     /// The generated config-stream client (data planes).
-    pub fn config(&self) -> ConfigClient<Channel> {
+    pub fn config(&self) -> ConfigClient<Transport> {
         self.config.clone()
     }
 
     /// The generated workflows client.
-    pub fn workflows(&self) -> WorkflowsClient<Channel> {
+    pub fn workflows(&self) -> WorkflowsClient<Transport> {
         self.workflows.clone()
     }
 

@@ -20,6 +20,7 @@ const ENV_VARS: &[&str] = &[
     "UPSTREAMS",
     "DEFAULT_UPSTREAM",
     "OUTBOUND_ADDR",
+    "CONTROL_PLANE_TOKEN",
     "ADMIN_ADDR",
     "REGION",
     "ZONE",
@@ -53,6 +54,8 @@ pub struct Config {
     pub default_upstream: String,
     /// The outbound proxy (`http://OUTBOUND_ADDR/<service>/<path>`, or `Host: <service>`).
     pub outbound_addr: String,
+    /// Token for the control plane's gRPC API (a `sidecar` token for SERVICE_ID, when it has AUTH_SECRET).
+    pub control_plane_token: String,
     /// Readiness, Prometheus metrics, config dump.
     pub admin_addr: String,
     pub region: String,
@@ -86,6 +89,7 @@ impl Default for Config {
             upstreams: String::new(),
             default_upstream: String::new(),
             outbound_addr: "127.0.0.1:15001".into(),
+            control_plane_token: String::new(),
             admin_addr: "127.0.0.1:15000".into(),
             region: String::new(),
             zone: String::new(),

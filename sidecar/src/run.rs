@@ -29,7 +29,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let node = config.node();
-    let client = Client::connect_lazy(&config.orchestration_url, ClientOptions::default())
+    let token = (!config.control_plane_token.is_empty()).then(|| config.control_plane_token.clone());
+    let client = Client::connect_lazy(&config.orchestration_url, ClientOptions { token, ..ClientOptions::default() })
         .context("while building the control-plane client")?;
     let upstreams = Arc::new(Upstreams::new(Locality { region: config.region.clone(), zone: config.zone.clone() }));
     let cache = config.cache_path(&node);

@@ -220,6 +220,7 @@ impl config_server::Config for ConfigApi {
     type StreamStream = UpdateStream;
 
     async fn stream(&self, req: Request<Streaming<pb::StreamRequest>>) -> Result<Response<UpdateStream>, Status> {
+        let caller = super::auth::caller(&req).cloned();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_WITHIN, inbound.message())
             .await
@@ -228,6 +229,7 @@ impl config_server::Config for ConfigApi {
             return Err(Status::invalid_argument("the first message must be a hello"));
         };
         check_hello(&hello)?;
+        super::auth::require_hello(caller.as_ref(), &hello.role, &hello.service_id)?;
         let (tx, rx) = mpsc::channel(4);
         let span = tracing::info_span!("config_stream", node = %hello.node_id, role = %hello.role);
         let client = Client {
@@ -273,6 +275,7 @@ impl config_server::Config for ConfigApi {
         &self,
         req: Request<pb::ResetBreakerRequest>,
     ) -> Result<Response<pb::ResetBreakerResponse>, Status> {
+        super::auth::require_writer(&req)?;
         let id = req.into_inner().service_id;
         check_id("serviceId", &id)?;
         let version = self.registry.reset_breaker(&id).await?;

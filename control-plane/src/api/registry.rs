@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, Instrument};
 
+use super::auth;
 use super::status::{check_id, missing};
 use crate::registry::{Feed, Registry};
 
@@ -42,11 +43,13 @@ impl registry_server::Registry for RegistryApi {
         &self,
         req: Request<pb::RegisterServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
+        auth::require_writer(&req)?;
         let service = service_from(req.into_inner().service)?;
         Ok(Response::new(self.registry.register_service(service).await?.into()))
     }
 
     async fn update_service(&self, req: Request<pb::UpdateServiceRequest>) -> Result<Response<pb::Service>, Status> {
+        auth::require_writer(&req)?;
         let service = service_from(req.into_inner().service)?;
         Ok(Response::new(self.registry.update_service(service).await?.into()))
     }
@@ -61,6 +64,7 @@ impl registry_server::Registry for RegistryApi {
         &self,
         req: Request<pb::DeregisterServiceRequest>,
     ) -> Result<Response<pb::DeregisterServiceResponse>, Status> {
+        auth::require_writer(&req)?;
         let id = req.into_inner().id;
         check_id("id", &id)?;
         let instances_removed = self.registry.deregister_service(&id).await?;
@@ -85,6 +89,8 @@ impl registry_server::Registry for RegistryApi {
         &self,
         req: Request<pb::RegisterInstanceRequest>,
     ) -> Result<Response<pb::Instance>, Status> {
+        let service = req.get_ref().instance.as_ref().map(|i| i.service_id.clone()).unwrap_or_default();
+        auth::require_service(&req, &service)?;
         let r = req.into_inner();
         let instance = Instance::try_from(r.instance.ok_or_else(|| missing("instance"))?)?;
         Ok(Response::new(self.registry.register_instance_with(instance, r.replace).await?.into()))
@@ -94,6 +100,8 @@ impl registry_server::Registry for RegistryApi {
         &self,
         req: Request<pb::DeregisterInstanceRequest>,
     ) -> Result<Response<pb::DeregisterInstanceResponse>, Status> {
+        let service = self.registry.service_of_instance(&req.get_ref().id).unwrap_or_default();
+        auth::require_service(&req, &service)?;
         let id = req.into_inner().id;
         check_id("id", &id)?;
         self.registry.deregister_instance(&id).await?;
@@ -111,6 +119,8 @@ impl registry_server::Registry for RegistryApi {
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let service = self.registry.service_of_instance(&req.get_ref().instance_id).unwrap_or_default();
+        auth::require_service(&req, &service)?;
         let r = req.into_inner();
         check_id("instanceId", &r.instance_id)?;
         let status = health_status_from_pb(r.status, "status")?;
@@ -153,6 +163,7 @@ impl registry_server::Registry for RegistryApi {
     }
 
     async fn put_routes(&self, req: Request<pb::PutRoutesRequest>) -> Result<Response<pb::RoutesResponse>, Status> {
+        auth::require_writer(&req)?;
         let r = req.into_inner();
         let routes: Vec<reskflow_proto::route::Route> = {
             let de = &mut serde_json::Deserializer::from_str(&r.routes_json);
@@ -175,6 +186,7 @@ impl registry_server::Registry for RegistryApi {
         &self,
         req: Request<pb::DeleteRouteRequest>,
     ) -> Result<Response<pb::DeleteRouteResponse>, Status> {
+        auth::require_writer(&req)?;
         let id = req.into_inner().id;
         check_id("id", &id)?;
         self.registry.delete_route(&id).await?;

@@ -68,6 +68,7 @@ impl workflows_server::Workflows for WorkflowsApi {
         &self,
         req: Request<pb::RegisterWorkflowRequest>,
     ) -> Result<Response<pb::WorkflowDefinition>, Status> {
+        super::auth::require_writer(&req)?;
         let json = req.into_inner().definition_json;
         Ok(Response::new(definition(self.engine.register(&json).await?)))
     }
@@ -101,6 +102,7 @@ impl workflows_server::Workflows for WorkflowsApi {
     }
 
     async fn execute(&self, req: Request<pb::ExecuteRequest>) -> Result<Response<pb::ExecuteResponse>, Status> {
+        super::auth::require_writer(&req)?;
         let r = req.into_inner();
         check_id("workflowId", &r.workflow_id)?;
         let input = if r.input_json.trim().is_empty() {
@@ -150,6 +152,7 @@ impl workflows_server::Workflows for WorkflowsApi {
     }
 
     async fn execute_saga(&self, req: Request<pb::ExecuteSagaRequest>) -> Result<Response<pb::SagaResult>, Status> {
+        super::auth::require_writer(&req)?;
         let json = req.into_inner().request_json;
         let (instance_id, created, ended) = self.engine.execute_saga(&json).await?;
         let result = match ended {
@@ -169,6 +172,7 @@ impl workflows_server::Workflows for WorkflowsApi {
     }
 
     async fn cancel(&self, req: Request<pb::CancelRequest>) -> Result<Response<pb::CancelResponse>, Status> {
+        super::auth::require_writer(&req)?;
         let id = req.into_inner().instance_id;
         if id.is_empty() || id.len() > 64 {
             return Err(Invalid::one("instanceId", "is not a valid instance id").into());

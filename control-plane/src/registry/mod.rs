@@ -134,6 +134,11 @@ impl Registry {
         Ok(records.last().map_or(0, |r| r.seq))
     }
 
+    /// The service an instance belongs to, if it is registered.
+    pub fn service_of_instance(&self, id: &str) -> Option<String> {
+        self.read().instances().find(|(_, i)| i.id == id).map(|(_, i)| i.service_id.clone())
+    }
+
     /// Open Watch streams (subscribers of the change feed) on this replica.
     pub fn watchers(&self) -> usize {
         self.inner.feed.receiver_count()
