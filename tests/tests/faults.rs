@@ -144,3 +144,104 @@ async fn two_hundred_runs_survive_three_sigkills_with_each_step_and_compensation
         }
     }
 }
+
+/// A PostgreSQL of the test's own (so it can be restarted), run as the `postgres` user.
+struct OwnPostgres {
+    data: std::path::PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+impl OwnPostgres {
+    fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
+        let options = format!("-p {} -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off", self.port);
+        std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", &format!("{PG_BIN}/pg_ctl"), "-D"])
+            .arg(&self.data)
+            .args(["-o", &options, "-l"])
+            .arg(self.data.join("log"))
+            .args(args)
+            .output()
+            .expect("pg_ctl")
+    }
+
+    fn start() -> OwnPostgres {
+        let dir = tempfile::tempdir().expect("dir");
+        let data = dir.path().join("data");
+        let chown = std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
+        assert!(chown.is_ok_and(|s| s.success()), "chown the data dir to postgres");
+        let init = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", &format!("{PG_BIN}/initdb"), "-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data)
+            .output()
+            .expect("initdb");
+        assert!(init.status.success(), "initdb: {}", String::from_utf8_lossy(&init.stderr));
+        let pg = OwnPostgres { data, port: reskflow_e2e::harness::free_port(), _dir: dir };
+        let out = pg.pg_ctl(&["-w", "start"]);
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+        pg
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["-m", "immediate", "stop"]);
+    }
+}
+
+#[tokio::test]
+async fn a_postgresql_restart_during_runs_loses_no_work() {
+    use reskflow_e2e::harness::ControlPlaneOptions;
+    let pg = OwnPostgres::start();
+    let cp = ControlPlane::start_with(ControlPlaneOptions { database_url: Some(pg.url()), ..Default::default() }).await;
+    let gw = Gateway::start(&cp).await;
+    let actions = ActionService::start().await;
+    for id in ["stock", "payments"] {
+        gw.post("/api/registry/services", json!({ "id": id })).await;
+        gw.post("/api/registry/instances", json!({ "serviceId": id, "address": "127.0.0.1", "port": actions.port }))
+            .await;
+    }
+    actions.delay(50);
+    let workflow = json!({ "id": "order", "steps": [
+        { "id": "reserve", "service": "stock", "action": "reserve" },
+        { "id": "charge", "service": "payments", "action": "charge" },
+        { "id": "ship", "service": "stock", "action": "ship" }
+    ]});
+    let (status, body) = gw.post("/api/workflows", workflow).await;
+    assert_eq!(status, 201, "{body}");
+    let mut ids = Vec::new();
+    for n in 0..50 {
+        let (status, started) = gw.post("/api/workflows/order/execute", json!({ "input": { "n": n } })).await;
+        assert_eq!(status, 202, "{started}");
+        ids.push(started["instanceId"].as_str().unwrap_or("").to_string());
+    }
+    while actions.calls().len() < 30 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // PostgreSQL goes down (fast shutdown: connections cut) and comes back on the same port.
+    let out = pg.pg_ctl(&["-m", "fast", "-w", "restart"]);
+    assert!(out.status.success(), "pg_ctl restart: {}", String::from_utf8_lossy(&out.stderr));
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    for id in &ids {
+        let run = loop {
+            let (status, run) = gw.get(&format!("/api/workflows/instances/{id}")).await;
+            if status == 200 && ENDED.contains(&run["status"].as_str().unwrap_or("")) {
+                break run;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "run {id} did not end after the restart: {run}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(run["status"], "COMPLETED", "{run}");
+        assert_eq!(events(&run, "stepCompleted"), ["reserve", "charge", "ship"], "each step once: {run}");
+    }
+    // The registry still takes writes.
+    let (status, _) = gw.post("/api/registry/services", json!({ "id": "after-restart" })).await;
+    assert_eq!(status, 201);
+}
