@@ -14,6 +14,7 @@ const ENV_VARS: &[&str] = &[
     "GRPC_ADDR",
     "METRICS_ADDR",
     "AUTH_SECRET",
+    "ALLOWED_INSTANCE_NETWORKS",
     "DATABASE_URL",
     "DB_MAX_CONNECTIONS",
     "NODE_ID",
@@ -35,6 +36,8 @@ pub struct Config {
     /// HS256 secret of the tokens callers must present (`control-plane token` mints them); empty:
     /// dev mode, calls are not checked.
     pub auth_secret: String,
+    /// CIDRs instances may be registered in (comma-separated); empty: anywhere.
+    pub allowed_instance_networks: String,
     /// `sqlite://file.db` (default, created on first start) or `postgres://...`.
     pub database_url: String,
     pub db_max_connections: u32,
@@ -62,6 +65,7 @@ impl Default for Config {
             grpc_addr: "127.0.0.1:50051".into(),
             metrics_addr: "127.0.0.1:9464".into(),
             auth_secret: String::new(),
+            allowed_instance_networks: String::new(),
             database_url: "sqlite://reskflow.db".into(),
             db_max_connections: 16,
             node_id: String::new(),
@@ -75,11 +79,30 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// `ALLOWED_INSTANCE_NETWORKS` parsed (an address alone is its own /32 or /128).
+    pub fn allowed_networks(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.allowed_instance_networks
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                n.parse::<ipnet::IpNet>()
+                    .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("'{n}' is not a network like 10.0.0.0/8"))
+            })
+            .collect()
+    }
+}
+
 impl Settings for Config {
     const ENV_VARS: &'static [&'static str] = ENV_VARS;
 
     fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        if let Err(bad) = self.allowed_networks() {
+            problems.push(format!("ALLOWED_INSTANCE_NETWORKS: {bad}"));
+        }
         if !self.auth_secret.is_empty() && self.auth_secret.len() < 32 {
             problems.push("AUTH_SECRET: must be at least 32 bytes".into());
         }

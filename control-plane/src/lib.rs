@@ -109,7 +109,11 @@ pub async fn run(
         .layer(metrics::GrpcMetricsLayer(grpc_metrics))
         .add_service(health_service)
         .add_service(InterceptedService::new(
-            api::registry::RegistryApi::new(registry.clone()).into_server(),
+            api::registry::RegistryApi::new(registry.clone())
+                .with_allowed_networks(
+                    config.allowed_networks().map_err(|e| anyhow::anyhow!("ALLOWED_INSTANCE_NETWORKS: {e}"))?,
+                )
+                .into_server(),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(api::workflows::WorkflowsApi::new(engine).into_server(), auth.clone()))

@@ -1,7 +1,7 @@
 //! The control plane outside dev mode: its gRPC API needs tokens, and a sidecar's token lets it act
 //! only for its own service.
 
-use reskflow_e2e::harness::{binary, ControlPlane, ControlPlaneOptions, Gateway, Sidecar};
+use reskflow_e2e::harness::{binary, eventually, ControlPlane, ControlPlaneOptions, Gateway, Sidecar};
 use reskflow_proto::pb::config::v1 as cfg;
 use reskflow_proto::registry::{Instance, Service};
 use reskflow_proto::{Client, ClientOptions};
@@ -102,6 +102,31 @@ async fn tokens_are_required_and_a_sidecar_acts_only_for_its_own_service() {
         ],
     )
     .await;
-    let (status, _) = sidecar.admin("/ready").await;
-    assert_eq!(status, 200, "the sidecar's stream is accepted");
+    eventually("the sidecar's stream to be accepted (ready)", std::time::Duration::from_secs(20), || async {
+        let (status, _) = sidecar.admin("/ready").await;
+        (status == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn instances_can_be_kept_to_allowed_networks() {
+    let cp = ControlPlane::start_with(ControlPlaneOptions {
+        env: vec![("ALLOWED_INSTANCE_NETWORKS".into(), "127.0.0.0/8, ::1".into())],
+        ..ControlPlaneOptions::default()
+    })
+    .await;
+    let admin = client(&cp, None);
+    let s: Service = serde_json::from_value(json!({ "id": "orders" })).expect("service");
+    admin.register_service(s).await.expect("register");
+    admin.register_instance(instance("orders-1", "orders")).await.expect("127.0.0.1 is allowed");
+    let outside: Instance = serde_json::from_value(
+        json!({ "id": "orders-2", "serviceId": "orders", "address": "169.254.169.254", "port": 80 }),
+    )
+    .expect("instance");
+    let err = admin.register_instance(outside).await.expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let invalid = reskflow_proto::invalid::Invalid::from_status(&err).expect("field violations");
+    assert_eq!(invalid.0[0].field, "instance.address", "{invalid}");
+    assert!(invalid.0[0].description.contains("169.254.169.254"), "{invalid}");
 }

@@ -21,11 +21,45 @@ use crate::registry::{Feed, Registry};
 #[derive(Clone)]
 pub struct RegistryApi {
     registry: Registry,
+    /// Where instances may be (health checks and step calls connect to them); empty: anywhere.
+    allowed: Vec<ipnet::IpNet>,
 }
 
 impl RegistryApi {
     pub fn new(registry: Registry) -> Self {
-        RegistryApi { registry }
+        RegistryApi { registry, allowed: Vec::new() }
+    }
+
+    /// Instances must be in these networks (`ALLOWED_INSTANCE_NETWORKS`).
+    pub fn with_allowed_networks(mut self, allowed: Vec<ipnet::IpNet>) -> Self {
+        self.allowed = allowed;
+        self
+    }
+
+    /// An instance address is an IP in an allowed network, or a name whose every address is.
+    async fn check_address(&self, address: &str) -> Result<(), Status> {
+        if self.allowed.is_empty() {
+            return Ok(());
+        }
+        let ips: Vec<std::net::IpAddr> = match address.parse() {
+            Ok(ip) => vec![ip],
+            Err(_) => tokio::net::lookup_host((address, 0))
+                .await
+                .map_err(|e| Invalid::one("instance.address", format!("{address} does not resolve: {e}")))?
+                .map(|a| a.ip())
+                .collect(),
+        };
+        let outside: Vec<String> =
+            ips.iter().filter(|ip| !self.allowed.iter().any(|n| n.contains(*ip))).map(ToString::to_string).collect();
+        if ips.is_empty() || !outside.is_empty() {
+            let networks: Vec<String> = self.allowed.iter().map(ToString::to_string).collect();
+            return Err(Invalid::one(
+                "instance.address",
+                format!("{address} ({}) is outside the allowed networks ({})", outside.join(", "), networks.join(", ")),
+            )
+            .into());
+        }
+        Ok(())
     }
 
     pub fn into_server(self) -> registry_server::RegistryServer<Self> {
@@ -93,6 +127,7 @@ impl registry_server::Registry for RegistryApi {
         auth::require_service(&req, &service)?;
         let r = req.into_inner();
         let instance = Instance::try_from(r.instance.ok_or_else(|| missing("instance"))?)?;
+        self.check_address(&instance.address).await?;
         Ok(Response::new(self.registry.register_instance_with(instance, r.replace).await?.into()))
     }
 
