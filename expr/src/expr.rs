@@ -359,3 +359,36 @@ mod tests {
         assert!(matches!(e.eval_bool(&vars()), Err(ExprError::NotABool { .. })));
     }
 }
+
+/// Hostile input: any text compiles or is refused, and whatever compiles evaluates or errs, never
+/// panics (expressions come from users' workflow definitions and gateway routes).
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SCOPE: Scope = Scope { variables: &["input", "steps", "headers"], keyed: &["steps", "headers"] };
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn expressions_compile_or_refuse_and_evaluate_or_err(
+            source in "[a-z0-9_.()+*/<>=!&|\"'\\[\\]{}, -]{0,40}|(input|steps|headers)(\\.[a-z-]{1,5}|\\[\"[a-z-]{0,5}\"\\]){0,3}( (==|<|\\+|/|%) [0-9a-z\"]{0,4})?",
+        ) {
+            if let Ok(expr) = Expr::compile(&source, &SCOPE) {
+                let vars = Vars::new()
+                    .with("input", &serde_json::json!({"a": 1, "b": "x", "c": [1, 2], "d": {"e": null}}))
+                    .with("steps", &serde_json::json!({"s-1": {"output": {"n": 0}}}))
+                    .with("headers", &serde_json::json!({"x-a": "1"}));
+                let _ = expr.eval(&vars);
+                let _ = expr.eval_bool(&vars);
+            }
+        }
+
+        #[test]
+        fn templates_compile_or_refuse(text in "[a-z{} .\"]{0,30}") {
+            let _ = crate::Template::compile(&serde_json::Value::String(text), &SCOPE);
+        }
+    }
+}

@@ -482,3 +482,64 @@ mod tests {
         assert_eq!(list.into_routes(), object.into_routes());
     }
 }
+
+/// Hostile input: any JSON a client could send as a route parses or is refused, and a parsed route
+/// normalizes or is refused with fields, never a panic.
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            "(/[:*a-z.%]{0,5}){0,4}".prop_map(serde_json::Value::from),
+            "[a-zA-Z0-9 _-]{0,8}".prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            Just(serde_json::Value::Null),
+        ]
+    }
+
+    fn route() -> impl Strategy<Value = serde_json::Value> {
+        (
+            text(),
+            prop_oneof![Just("GET"), Just("ALL"), Just("get"), Just("BREW"), Just("")],
+            text(),
+            text(),
+            proptest::option::of((any::<u32>(), "[0-9]{0,4}(ms|s|m|h|d|x)?")),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(("[a-z:{} .]{0,12}", "[a-z-]{0,6}")),
+            any::<bool>(),
+        )
+            .prop_map(|(path, method, service, target, limit, ttl, add, auth)| {
+                let mut r =
+                    serde_json::json!({ "path": path, "method": method, "serviceId": service, "authentication": auth });
+                if !target.is_null() {
+                    r["targetPath"] = target;
+                }
+                if let Some((requests, window)) = limit {
+                    r["rateLimit"] = serde_json::json!({ "requests": requests, "window": window });
+                }
+                if let Some(ttl) = ttl {
+                    r["cache"] = serde_json::json!({ "ttl": ttl });
+                }
+                if let Some((value, name)) = add {
+                    r["transform"] = serde_json::json!({ "request": { "headers": { "add": { name: value } } } });
+                }
+                r
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn routes_parse_and_normalize_or_are_refused(json in route()) {
+            if let Ok(route) = serde_json::from_value::<Route>(json) {
+                match route.normalize() {
+                    Ok(r) => prop_assert!(r.validate().is_ok() && !r.id.is_empty()),
+                    Err(invalid) => prop_assert!(!invalid.0.is_empty()),
+                }
+            }
+        }
+    }
+}

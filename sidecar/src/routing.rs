@@ -390,3 +390,46 @@ mod tests {
         assert_eq!(fill_target("/", &[]), "/");
     }
 }
+
+/// Hostile input: arbitrary paths and route sets never panic, and what normalization lets through
+/// cannot climb out of the path it was given.
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn normalized_paths_are_clean_and_stable(path in "[/a-z.%2eEfF5cC\\\\0-9:*?#]{0,40}") {
+            if let Ok(clean) = normalize(&path) {
+                prop_assert!(clean.starts_with('/'), "{clean}");
+                prop_assert!(!clean.contains("//"), "{clean}");
+                prop_assert!(!clean.split('/').any(|s| s == "." || s == ".."), "{clean}");
+                prop_assert!(!clean.to_ascii_lowercase().contains("%2f") && !clean.contains('\\'), "{clean}");
+                let again = normalize(&clean).map(|c| c.into_owned());
+                prop_assert_eq!(again.as_deref(), Ok(clean.as_ref()), "normalizing twice changes nothing");
+            }
+        }
+
+        #[test]
+        fn any_route_set_builds_or_names_its_conflicts(
+            routes in proptest::collection::vec(("(GET|POST|ALL|get|X)", "(/[:*a-z]{0,4}){0,4}\\*?"), 0..8),
+            probe in "(/[a-z0-9]{0,3}){0,5}",
+        ) {
+            let entries: Vec<(String, &str, &str)> =
+                routes.iter().enumerate().map(|(i, (m, p))| (format!("r{i}"), m.as_str(), p.as_str())).collect();
+            match RouteTable::build(entries.iter().map(|(id, m, p)| (id.as_str(), *m, *p, id.clone()))) {
+                Ok(table) => {
+                    if let Ok(path) = normalize(&probe) {
+                        if let Some(hit) = table.lookup(&Method::GET, &path) {
+                            prop_assert!(entries.iter().any(|(id, _, _)| id == hit.value));
+                        }
+                    }
+                }
+                Err(conflicts) => prop_assert!(!conflicts.is_empty()),
+            }
+        }
+    }
+}

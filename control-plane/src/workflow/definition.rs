@@ -488,3 +488,59 @@ fn unreachable(steps: &[Step]) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests;
+
+/// Hostile input: any definition a client could send parses or is refused with fields, never a
+/// panic (ids, gotos, conditions, templates, retries and timeouts all come from the client).
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn step() -> impl Strategy<Value = serde_json::Value> {
+        (
+            "[a-z$-]{0,4}",
+            "[a-z]{0,3}",
+            proptest::option::of("[a-z.=<> 0-9\"]{0,12}"),
+            proptest::option::of("[a-z$-]{0,4}"),
+            proptest::option::of((any::<i64>(), "[0-9]{0,3}(ms|s|x)?", any::<f64>())),
+            proptest::option::of("[a-z{}. ]{0,14}"),
+            any::<bool>(),
+        )
+            .prop_map(|(id, service, condition, goto, retry, input, compensate)| {
+                let mut s = serde_json::json!({ "id": id, "service": service, "action": "act" });
+                if let Some(c) = condition {
+                    s["condition"] = c.into();
+                }
+                if let Some(g) = goto {
+                    s["next"] = serde_json::json!([{ "when": "input.x == 1", "goto": g }]);
+                }
+                if let Some((attempts, initial, jitter)) = retry {
+                    s["retry"] = serde_json::json!({ "maxAttempts": attempts, "backoff": { "initial": initial, "jitter": jitter } });
+                }
+                if let Some(i) = input {
+                    s["input"] = serde_json::json!({ "v": i });
+                }
+                if compensate {
+                    s["compensate"] = serde_json::json!({ "service": service, "action": "undo" });
+                }
+                s
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn definitions_parse_or_name_what_is_wrong(
+            id in "[a-z-]{0,6}",
+            steps in proptest::collection::vec(step(), 0..6),
+            timeout in "[0-9]{0,3}(s|m|h|q)?",
+        ) {
+            let json = serde_json::json!({ "id": id, "timeout": timeout, "steps": steps }).to_string();
+            if let Err(invalid) = Definition::parse(&json) {
+                prop_assert!(!invalid.0.is_empty());
+                prop_assert!(invalid.0.iter().all(|v| !v.field.is_empty() && !v.description.is_empty()), "{invalid}");
+            }
+        }
+    }
+}
