@@ -13,31 +13,18 @@
 # kit's proxy-compare.sh and lib.sh are copied and its wrk script gets the header, nothing else
 # changes. The gateway runs on one worker thread (WORKER_THREADS=1), as nginx and HAProxy run on one.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SHARED=${SHARED:-$(cd "$ROOT/../shared/bench" && pwd)}
+. "$(dirname "$0")/common.sh"
 OUT=${OUT:-$ROOT/bench/results/gateway-$(date +%Y%m%d-%H%M%S)}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 mkdir -p "$OUT"
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 cargo build --release --locked -q -p reskflow-control-plane -p reskflow-gateway --manifest-path "$ROOT/Cargo.toml"
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [[ -n ${started_http:-} ]] && "$SHARED/http-down.sh" >/dev/null 2>&1; true; }
-trap cleanup EXIT
 
-if ! curl -fs -o /dev/null http://127.0.0.1:18080/; then
-    "$SHARED/http-up.sh"; started_http=1
-fi
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; log "nothing on :$1"; exit 1; }
+ensure_http
 
 # An HS256 token for user "bench" (valid for a day), made with openssl.
 SECRET=bench-secret-bench-secret-bench-secret-0123
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-header=$(printf '{"alg":"HS256","typ":"JWT"}' | b64url)
-payload=$(printf '{"sub":"bench","roles":["customer","admin"],"exp":%d}' $(($(date +%s) + 86400)) | b64url)
-signature=$(printf '%s.%s' "$header" "$payload" | openssl dgst -sha256 -hmac "$SECRET" -binary | b64url)
-TOKEN="$header.$payload.$signature"
+TOKEN=$(hs256_token "$SECRET" "$(printf '{"sub":"bench","roles":["customer","admin"],"exp":%d}' $(($(date +%s) + 86400)))")
 AUTH="Bearer $TOKEN"
 
 # The kit, with the header on every wrk request and on its readiness probe.

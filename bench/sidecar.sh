@@ -9,23 +9,13 @@
 # It learns the backend from a control plane (SQLite) where the script registers service "bench" with
 # the instance 127.0.0.1:18080; it is the sidecar's DEFAULT_UPSTREAM, so every target gets `GET /`.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SHARED=${SHARED:-$(cd "$ROOT/../shared/bench" && pwd)}
+. "$(dirname "$0")/common.sh"
 OUT=${OUT:-$ROOT/bench/results/sidecar-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 cargo build --release --locked -q -p reskflow-control-plane -p reskflow-gateway -p reskflow-sidecar --manifest-path "$ROOT/Cargo.toml"
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [[ -n ${started_http:-} ]] && "$SHARED/http-down.sh" >/dev/null 2>&1; true; }
-trap cleanup EXIT
 
-if ! curl -fs -o /dev/null http://127.0.0.1:18080/; then
-    "$SHARED/http-up.sh"; started_http=1
-fi
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; log "nothing on :$1"; exit 1; }
-rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+ensure_http
 
 mkdir -p "$OUT/cp" "$OUT/gw" "$OUT/sidecar" "$OUT/sidecar-wide"
 (cd "$OUT/cp" && GRPC_ADDR=127.0.0.1:15091 METRICS_ADDR=127.0.0.1:0 DATABASE_URL=sqlite://reskflow.db RUST_LOG=warn exec "$BIN/control-plane") >"$OUT/cp/log" 2>&1 &

@@ -7,25 +7,15 @@
 #
 #   bench/soak.sh           Knobs: DURATION=60s STREAMS=1000
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SHARED=${SHARED:-$(cd "$ROOT/../shared/bench" && pwd)}
+. "$(dirname "$0")/common.sh"
 OUT=${OUT:-$ROOT/bench/results/soak-$(date +%Y%m%d-%H%M%S)}
 DURATION=${DURATION:-60s}
 STREAMS=${STREAMS:-1000}
 mkdir -p "$OUT"
 ulimit -n 65536 2>/dev/null || true
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 cargo build --release --locked -q -p reskflow-control-plane -p reskflow-gateway -p reskflow-bench --manifest-path "$ROOT/Cargo.toml"
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [[ -n ${started_http:-} ]] && "$SHARED/http-down.sh" >/dev/null 2>&1; true; }
-trap cleanup EXIT
-if ! curl -fs -o /dev/null http://127.0.0.1:18080/; then
-    "$SHARED/http-up.sh" >/dev/null; started_http=1
-fi
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; log "nothing on :$1"; exit 1; }
-rss_mb() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+ensure_http
 # sample PID FILE: RSS every second until killed. summary FILE: RSS after the first 10% of the
 # samples (warm) and at the end, and the largest.
 sample() { while kill -0 "$1" 2>/dev/null; do rss_mb "$1" >>"$2" && echo >>"$2"; sleep 1; done; }
@@ -40,11 +30,7 @@ cp_pid=$!; pids+=($cp_pid); wait_port 15291
 gw_pid=$!; pids+=($gw_pid); wait_port 15292
 
 # The management API needs the admin role once JWT_SECRET is set: an HS256 token made with openssl.
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-h=$(printf '{"alg":"HS256","typ":"JWT"}' | b64url)
-p=$(printf '{"sub":"soak","roles":["admin"],"exp":%d}' $(($(date +%s) + 3600)) | b64url)
-s=$(printf '%s.%s' "$h" "$p" | openssl dgst -sha256 -hmac soak-secret-soak-secret-soak-secret-0123 -binary | b64url)
-AUTH="Bearer $h.$p.$s"
+AUTH="Bearer $(hs256_token soak-secret-soak-secret-soak-secret-0123 "$(printf '{"sub":"soak","roles":["admin"],"exp":%d}' $(($(date +%s) + 3600)))")"
 api() { curl -fsS -X "$1" "http://127.0.0.1:15292$2" -H "Authorization: $AUTH" -H 'content-type: application/json' ${3:+-d "$3"} >/dev/null; }
 api POST /api/registry/services '{"id":"bench"}'
 api POST /api/registry/services '{"id":"ghost"}'

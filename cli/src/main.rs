@@ -235,6 +235,11 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     t.to_string()
 }
 
+/// One table row per item of the array `list` (none when it is not an array).
+fn rows(list: &Value, row: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    list.as_array().map(|items| items.iter().map(row).collect()).unwrap_or_default()
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
@@ -266,28 +271,20 @@ fn run_table(run: &Value) -> String {
         s(&run["version"]),
         s(&run["status"])
     );
-    let rows = run["steps"]
-        .as_array()
-        .map(|steps| {
-            steps
-                .iter()
-                .map(|step| {
-                    let attempts = step["attempts"].as_array().map_or(0, Vec::len);
-                    let undo = step["compensationAttempts"].as_array().map_or(0, Vec::len);
-                    vec![
-                        s(&step["id"]),
-                        format!("{}.{}", s(&step["service"]), s(&step["action"])),
-                        s(&step["status"]),
-                        attempts.to_string(),
-                        undo.to_string(),
-                        s(&step["startedAt"]),
-                        s(&step["finishedAt"]),
-                        s(&step["error"]),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let rows = rows(&run["steps"], |step| {
+        let attempts = step["attempts"].as_array().map_or(0, Vec::len);
+        let undo = step["compensationAttempts"].as_array().map_or(0, Vec::len);
+        vec![
+            s(&step["id"]),
+            format!("{}.{}", s(&step["service"]), s(&step["action"])),
+            s(&step["status"]),
+            attempts.to_string(),
+            undo.to_string(),
+            s(&step["startedAt"]),
+            s(&step["finishedAt"]),
+            s(&step["error"]),
+        ]
+    });
     out.push_str(&table(
         &["step", "call", "status", "attempts", "compensations", "started", "finished", "error"],
         rows,
@@ -327,42 +324,22 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
     };
     let services_table = |v: &Value| {
-        let rows = v["services"]
-            .as_array()
-            .map(|all| {
-                all.iter()
-                    .map(|x| {
-                        vec![
-                            s(&x["id"]),
-                            s(&x["version"]),
-                            s(&x["instanceCount"]),
-                            s(&x["health"]["status"]),
-                            s(&x["tags"]),
-                        ]
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let rows = rows(&v["services"], |x| {
+            vec![s(&x["id"]), s(&x["version"]), s(&x["instanceCount"]), s(&x["health"]["status"]), s(&x["tags"])]
+        });
         table(&["service", "version", "instances", "health", "tags"], rows)
     };
     let instances_table = |v: &Value| {
-        let rows = v["instances"]
-            .as_array()
-            .map(|all| {
-                all.iter()
-                    .map(|i| {
-                        vec![
-                            s(&i["id"]),
-                            format!("{}:{}", s(&i["address"]), s(&i["port"])),
-                            s(&i["status"]),
-                            s(&i["zone"]),
-                            s(&i["version"]),
-                            s(&i["statusOutput"]),
-                        ]
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let rows = rows(&v["instances"], |i| {
+            vec![
+                s(&i["id"]),
+                format!("{}:{}", s(&i["address"]), s(&i["port"])),
+                s(&i["status"]),
+                s(&i["zone"]),
+                s(&i["version"]),
+                s(&i["statusOutput"]),
+            ]
+        });
         table(&["instance", "address", "status", "zone", "version", "last check"], rows)
     };
     match cli.command {
@@ -460,17 +437,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Workflows::List => {
                 let v = api.get("/api/workflows?pageSize=1000").await?;
                 print(&v, &|v| {
-                    let rows = v["workflows"]
-                        .as_array()
-                        .map(|all| {
-                            all.iter()
-                                .map(|w| {
-                                    let steps = w["steps"].as_array().map_or(0, Vec::len);
-                                    vec![s(&w["id"]), s(&w["version"]), s(&w["name"]), steps.to_string()]
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let rows = rows(&v["workflows"], |w| {
+                        let steps = w["steps"].as_array().map_or(0, Vec::len);
+                        vec![s(&w["id"]), s(&w["version"]), s(&w["name"]), steps.to_string()]
+                    });
                     table(&["workflow", "version", "name", "steps"], rows)
                 });
             }
@@ -501,22 +471,15 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 }
                 let v = api.get(&path).await?;
                 print(&v, &|v| {
-                    let rows = v["instances"]
-                        .as_array()
-                        .map(|all| {
-                            all.iter()
-                                .map(|r| {
-                                    vec![
-                                        s(&r["instanceId"]),
-                                        s(&r["workflowId"]),
-                                        s(&r["version"]),
-                                        s(&r["status"]),
-                                        s(&r["createdAt"]),
-                                    ]
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let rows = rows(&v["instances"], |r| {
+                        vec![
+                            s(&r["instanceId"]),
+                            s(&r["workflowId"]),
+                            s(&r["version"]),
+                            s(&r["status"]),
+                            s(&r["createdAt"]),
+                        ]
+                    });
                     table(&["run", "workflow", "version", "status", "created"], rows)
                 });
             }
@@ -536,25 +499,18 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Breakers::List => {
                 let v = api.get("/api/circuit-breakers").await?;
                 print(&v, &|v| {
-                    let rows = v["breakers"]
-                        .as_array()
-                        .map(|all| {
-                            all.iter()
-                                .map(|b| {
-                                    let rate = b["maxFailureRate"].as_f64().filter(|r| *r >= 0.0);
-                                    vec![
-                                        s(&b["name"]),
-                                        s(&b["state"]),
-                                        rate.map_or("-".into(), |r| format!("{r:.1}%")),
-                                        s(&b["successfulCalls"]),
-                                        s(&b["failedCalls"]),
-                                        s(&b["notPermittedCalls"]),
-                                        format!("{}/{}", s(&b["holdersNotClosed"]), s(&b["holders"])),
-                                    ]
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let rows = rows(&v["breakers"], |b| {
+                        let rate = b["maxFailureRate"].as_f64().filter(|r| *r >= 0.0);
+                        vec![
+                            s(&b["name"]),
+                            s(&b["state"]),
+                            rate.map_or("-".into(), |r| format!("{r:.1}%")),
+                            s(&b["successfulCalls"]),
+                            s(&b["failedCalls"]),
+                            s(&b["notPermittedCalls"]),
+                            format!("{}/{}", s(&b["holdersNotClosed"]), s(&b["holders"])),
+                        ]
+                    });
                     table(&["breaker", "state", "failure rate", "ok", "failed", "rejected", "not closed/holders"], rows)
                 });
             }
@@ -567,39 +523,26 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Routes::List => {
                 let v = api.get("/api/gateway/routes").await?;
                 print(&v, &|v| {
-                    let rows = v["routes"]
-                        .as_array()
-                        .map(|all| {
-                            all.iter()
-                                .map(|r| {
-                                    let mut features = Vec::new();
-                                    if r["authentication"] == true {
-                                        features.push("auth".to_string());
-                                    }
-                                    if let Some(roles) = r["authorization"].as_array().filter(|a| !a.is_empty()) {
-                                        features.push(format!("roles={}", s(&Value::Array(roles.clone()))));
-                                    }
-                                    if !r["rateLimit"].is_null() {
-                                        features.push(format!(
-                                            "limit={}/{}",
-                                            s(&r["rateLimit"]["requests"]),
-                                            s(&r["rateLimit"]["window"])
-                                        ));
-                                    }
-                                    if !r["cache"].is_null() {
-                                        features.push(format!("cache={}s", s(&r["cache"]["ttl"])));
-                                    }
-                                    vec![
-                                        s(&r["id"]),
-                                        s(&r["method"]),
-                                        s(&r["path"]),
-                                        s(&r["serviceId"]),
-                                        features.join(" "),
-                                    ]
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let rows = rows(&v["routes"], |r| {
+                        let mut features = Vec::new();
+                        if r["authentication"] == true {
+                            features.push("auth".to_string());
+                        }
+                        if let Some(roles) = r["authorization"].as_array().filter(|a| !a.is_empty()) {
+                            features.push(format!("roles={}", s(&Value::Array(roles.clone()))));
+                        }
+                        if !r["rateLimit"].is_null() {
+                            features.push(format!(
+                                "limit={}/{}",
+                                s(&r["rateLimit"]["requests"]),
+                                s(&r["rateLimit"]["window"])
+                            ));
+                        }
+                        if !r["cache"].is_null() {
+                            features.push(format!("cache={}s", s(&r["cache"]["ttl"])));
+                        }
+                        vec![s(&r["id"]), s(&r["method"]), s(&r["path"]), s(&r["serviceId"]), features.join(" ")]
+                    });
                     table(&["route", "method", "path", "service", "features"], rows)
                 });
             }

@@ -201,35 +201,38 @@ impl Edge {
             if !problems.is_empty() {
                 return invalid(problems);
             }
-            let request = Seen {
-                claims: identity.as_ref().map(|i| i.claims.clone()),
-                params,
-                headers: parts.headers.clone(),
-                query,
-                body: json,
-                method: parts.method.to_string(),
-                path: parts.uri.path().to_string(),
-                ip: client_ip(&parts.headers, peer.ip(), self.trust_forwarded).to_string(),
-            };
-            if shape.transforms_request() {
-                let mut edited = request.body.clone();
-                let reads = shape.reads_request_body() && !matches!(edited, Value::Null);
-                let view = request.view(&route.route.id);
-                match shape.transform_request(&view, &mut parts.headers, reads.then_some(&mut edited)) {
-                    Ok(new_query) => {
-                        if let Some(q) = new_query {
-                            let path_only = upstream_path.split('?').next().unwrap_or("/").to_string();
-                            upstream_path = if q.is_empty() { path_only } else { format!("{path_only}?{q}") };
+            // What templates see is kept only for routes with transforms (validation alone needs none).
+            if shape.transforms_request() || shape.transforms_response() {
+                let request = Seen {
+                    claims: identity.as_ref().map(|i| i.claims.clone()),
+                    params,
+                    headers: parts.headers.clone(),
+                    query,
+                    body: json,
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_string(),
+                    ip: client_ip(&parts.headers, peer.ip(), self.trust_forwarded).to_string(),
+                };
+                if shape.transforms_request() {
+                    let mut edited = request.body.clone();
+                    let reads = shape.reads_request_body() && !matches!(edited, Value::Null);
+                    let view = request.view(&route.route.id);
+                    match shape.transform_request(&view, &mut parts.headers, reads.then_some(&mut edited)) {
+                        Ok(new_query) => {
+                            if let Some(q) = new_query {
+                                let path_only = upstream_path.split('?').next().unwrap_or("/").to_string();
+                                upstream_path = if q.is_empty() { path_only } else { format!("{path_only}?{q}") };
+                            }
                         }
+                        Err(why) => return error(StatusCode::INTERNAL_SERVER_ERROR, "transform_failed", &why),
                     }
-                    Err(why) => return error(StatusCode::INTERNAL_SERVER_ERROR, "transform_failed", &why),
+                    if reads {
+                        parts.headers.remove(header::CONTENT_LENGTH);
+                        body = Either::Right(Full::new(Bytes::from(serde_json::to_vec(&edited).unwrap_or_default())));
+                    }
                 }
-                if reads {
-                    parts.headers.remove(header::CONTENT_LENGTH);
-                    body = Either::Right(Full::new(Bytes::from(serde_json::to_vec(&edited).unwrap_or_default())));
-                }
+                seen = Some(request);
             }
-            seen = Some(request);
         }
         let request = Request::from_parts(parts, body);
         let mut response = match &route.route.cache {
@@ -701,7 +704,7 @@ pub enum Refused {
     Invalid,
 }
 
-fn refused(why: Refused, status: StatusCode, code: &str, message: &str) -> Response<EdgeBody> {
+fn refused(why: Refused, status: StatusCode, code: &'static str, message: &str) -> Response<EdgeBody> {
     let mut response = error(status, code, message);
     response.extensions_mut().insert(why);
     response
@@ -718,9 +721,9 @@ fn unauthorized(err: &AuthError) -> Response<EdgeBody> {
 }
 
 /// A JSON error in the REST API's shape: `{"error": {"code", "message"}}`.
-pub fn error(status: StatusCode, code: &str, message: &str) -> Response<EdgeBody> {
-    let body = serde_json::json!({ "error": { "code": code, "message": message } });
-    let mut response = Response::new(Either::Left(Either::Right(Full::new(Bytes::from(body.to_string())))));
+pub fn error(status: StatusCode, code: &'static str, message: &str) -> Response<EdgeBody> {
+    let body = crate::error::ApiError::new(status, code, message).to_json();
+    let mut response = Response::new(Either::Left(Either::Right(Full::new(Bytes::from(body)))));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response

@@ -55,6 +55,15 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The JSON body, `{"error": {"code", "message", "fields"?}}` (also what the gateway's front door
+    /// answers with, without going through axum).
+    pub fn to_json(&self) -> Vec<u8> {
+        let body = Body { error: Inner { code: self.code, message: &self.message, fields: &self.fields } };
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Body { error: Inner { code: self.code, message: &self.message, fields: &self.fields } };

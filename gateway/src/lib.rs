@@ -251,18 +251,19 @@ pub async fn run(
         store_routes_file(&state, &config.routes_file).await?;
     }
 
-    let shared = match config.redis() {
-        Some(url) => Some(Arc::new(
-            ratelimit::Shared::connect(&url, config.rate_limit_redis_timeout, config.rate_limit_redis_failure).await?,
-        )),
+    // One multiplexed Redis connection for the shared limits and (CACHE_STORE=redis) the cache.
+    let redis = match config.redis() {
+        Some(url) => Some(ratelimit::connect_redis(&url, config.rate_limit_redis_timeout).await?),
         None => None,
     };
+    let timeout = config.rate_limit_redis_timeout;
+    let shared = redis.as_ref().map(|(conn, up)| {
+        Arc::new(ratelimit::Shared::new(conn.clone(), *up, timeout, config.rate_limit_redis_failure))
+    });
     state.shared_limits = shared.clone();
     if config.cache_store == config::CacheStore::Redis {
-        let url = config.redis().context("CACHE_STORE=redis needs REDIS_URL")?;
-        let (conn, _) = ratelimit::connect_redis(&url, config.rate_limit_redis_timeout).await?;
-        state.cache =
-            Arc::new(cache::ResponseCache::shared(config.cache_max_bytes, conn, config.rate_limit_redis_timeout));
+        let (conn, _) = redis.context("CACHE_STORE=redis needs REDIS_URL")?;
+        state.cache = Arc::new(cache::ResponseCache::shared(config.cache_max_bytes, conn, timeout));
     }
     let limits = ratelimit::Limits { shared };
     let forgetting = tokio::spawn(routes.clone().forget_idle_callers());
@@ -309,46 +310,36 @@ async fn store_routes_file(state: &AppState, path: &str) -> anyhow::Result<()> {
         single: false,
     };
     let client = state.client().clone();
-    let attempt = move |client: reskflow_proto::Client, request| async move {
-        client.registry().put_routes(request).await.map(|_| ())
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match attempt(client.clone(), request.clone()).await {
-            Ok(()) => {
-                info!(routes = count, path, "routes from ROUTES_FILE stored");
-                return Ok(());
-            }
-            Err(status)
-                if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::DeadlineExceeded =>
-            {
-                if std::time::Instant::now() > deadline {
-                    tracing::warn!(%status, "control plane unavailable; storing ROUTES_FILE in the background");
-                    tokio::spawn(async move {
-                        loop {
-                            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                            match attempt(client.clone(), request.clone()).await {
-                                Ok(()) => {
-                                    info!(routes = count, "routes from ROUTES_FILE stored");
-                                    break;
-                                }
-                                Err(s) if s.code() == tonic::Code::Unavailable => continue,
-                                Err(s) => {
-                                    tracing::error!(status = %s, "the control plane refused ROUTES_FILE");
-                                    break;
-                                }
-                            }
-                        }
-                    });
-                    return Ok(());
+    let path_owned = path.to_string();
+    // One task stores the file, retrying while the control plane is unavailable; the start waits for
+    // it up to 10 s (a refusal stops the start), then lets it go on in the background.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let outcome = loop {
+            match client.registry().put_routes(request.clone()).await {
+                Ok(_) => break Ok(()),
+                Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                Err(s) => break Err(s),
             }
-            Err(status) => {
-                let detail = reskflow_proto::invalid::Invalid::from_status(&status)
-                    .map_or_else(|| status.message().to_string(), |i| i.to_string());
-                anyhow::bail!("ROUTES_FILE {path}: {detail}");
-            }
+        };
+        match &outcome {
+            Ok(()) => info!(routes = count, path = %path_owned, "routes from ROUTES_FILE stored"),
+            Err(s) => tracing::error!(status = %s, "the control plane refused ROUTES_FILE"),
+        }
+        let _ = done_tx.send(outcome);
+    });
+    match tokio::time::timeout(std::time::Duration::from_secs(10), done_rx).await {
+        Ok(Ok(Err(status))) => {
+            let detail = reskflow_proto::invalid::Invalid::from_status(&status)
+                .map_or_else(|| status.message().to_string(), |i| i.to_string());
+            anyhow::bail!("ROUTES_FILE {path}: {detail}");
+        }
+        Ok(_) => Ok(()),
+        Err(_) => {
+            tracing::warn!("control plane unavailable; storing ROUTES_FILE in the background");
+            Ok(())
         }
     }
 }

@@ -166,10 +166,9 @@ const BACKOFF_MS: u64 = 1_000;
 type GcraAnswer = (u8, u64, u64, u64);
 
 impl Shared {
-    /// Connects (lazily retrying); Err when the URL is not usable.
-    pub async fn connect(url: &str, timeout: Duration, failure_mode: FailureMode) -> anyhow::Result<Shared> {
-        let (conn, up) = connect_redis(url, timeout).await?;
-        Ok(Shared {
+    /// Limits on `conn` (from `connect_redis`; `up`: whether Redis answered then).
+    pub fn new(conn: redis::aio::ConnectionManager, up: bool, timeout: Duration, failure_mode: FailureMode) -> Shared {
+        Shared {
             conn,
             script: redis::Script::new(GCRA),
             timeout,
@@ -177,7 +176,7 @@ impl Shared {
             down_until_ms: AtomicU64::new(0),
             up: AtomicBool::new(up),
             stats: SharedStats::default(),
-        })
+        }
     }
 }
 

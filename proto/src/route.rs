@@ -431,11 +431,11 @@ mod tests {
             "targetPath": "/orders/:id", "authentication": true, "authorization": ["customer"],
             "rateLimit": { "requests": 10, "window": "1m" }, "cache": { "ttl": 300 }
         }))
-        .unwrap();
+        .expect("test input is valid");
         assert_eq!(r.id, "get-api-orders-id");
         assert_eq!(r.method, "GET");
-        assert_eq!(r.rate_limit.as_ref().unwrap().window, Duration::from_secs(60));
-        assert_eq!(r.rate_limit.unwrap().per, vec![LimitKey::User]);
+        assert_eq!(r.rate_limit.as_ref().expect("test input is valid").window, Duration::from_secs(60));
+        assert_eq!(r.rate_limit.expect("test input is valid").per, vec![LimitKey::User]);
     }
 
     #[test]
@@ -465,10 +465,10 @@ mod tests {
     #[test]
     fn patterns() {
         assert_eq!(
-            parse_pattern("/api/a/:id/*rest").unwrap(),
+            parse_pattern("/api/a/:id/*rest").expect("test input is valid"),
             vec![Segment::Static("api"), Segment::Static("a"), Segment::Param("id"), Segment::Wildcard("rest")]
         );
-        assert_eq!(parse_pattern("/api/*").unwrap().last(), Some(&Segment::Wildcard("*")));
+        assert_eq!(parse_pattern("/api/*").expect("test input is valid").last(), Some(&Segment::Wildcard("*")));
         for bad in ["api", "/api//x", "/api/../x", "/api/*/x", "/api/a:b", "/api/%2e", "/api/x?y", "/api/:"] {
             assert!(parse_pattern(bad).is_err(), "{bad}");
         }
@@ -476,9 +476,10 @@ mod tests {
 
     #[test]
     fn route_files_are_lists_or_objects() {
-        let list: RouteFile = serde_json::from_value(json!([{ "path": "/api/a", "serviceId": "a" }])).unwrap();
-        let object: RouteFile =
-            serde_json::from_value(json!({ "routes": [{ "path": "/api/a", "serviceId": "a" }] })).unwrap();
+        let list: RouteFile =
+            serde_json::from_value(json!([{ "path": "/api/a", "serviceId": "a" }])).expect("test input is valid");
+        let object: RouteFile = serde_json::from_value(json!({ "routes": [{ "path": "/api/a", "serviceId": "a" }] }))
+            .expect("test input is valid");
         assert_eq!(list.into_routes(), object.into_routes());
     }
 }

@@ -330,7 +330,7 @@ mod tests {
             ("//", "/"),
         ];
         for (input, want) in cases {
-            assert_eq!(normalize(input).unwrap(), want, "{input}");
+            assert_eq!(normalize(input).expect("test input is valid"), want, "{input}");
         }
         assert_eq!(normalize("/api/a%2fb"), Err(PathError::EncodedSlash));
         assert_eq!(normalize("/api/a%5Cb"), Err(PathError::EncodedSlash));
@@ -342,7 +342,7 @@ mod tests {
     }
 
     fn table(routes: &[(&'static str, &'static str, &'static str)]) -> RouteTable<&'static str> {
-        RouteTable::build(routes.iter().map(|(id, m, p)| (*id, *m, *p, *id))).unwrap()
+        RouteTable::build(routes.iter().map(|(id, m, p)| (*id, *m, *p, *id))).expect("test input is valid")
     }
 
     #[test]
@@ -363,9 +363,9 @@ mod tests {
         assert_eq!(get(Method::GET, "/api/files/a/b.txt"), Some("files"));
         assert_eq!(get(Method::GET, "/api/files"), Some("files"));
         assert_eq!(get(Method::GET, "/nope"), None);
-        let m = t.lookup(&Method::GET, "/api/files/a/b.txt").unwrap();
+        let m = t.lookup(&Method::GET, "/api/files/a/b.txt").expect("test input is valid");
         assert_eq!(m.params, vec![("path", "a/b.txt")]);
-        let m = t.lookup(&Method::PUT, "/api/x/y").unwrap();
+        let m = t.lookup(&Method::PUT, "/api/x/y").expect("test input is valid");
         assert_eq!(m.params, vec![("*", "x/y")]);
     }
 

@@ -99,13 +99,21 @@ pub fn require_writer<T>(req: &Request<T>) -> Result<(), Status> {
     }
 }
 
-/// Acting for `service`: a sidecar only for its own.
-pub fn require_service<T>(req: &Request<T>, service: &str) -> Result<(), Status> {
+/// Acting for a service: a sidecar only for its own. `service` is asked only when the caller is a
+/// sidecar (other callers, and dev mode, pay nothing for the lookup).
+pub fn require_service<T>(req: &Request<T>, service: impl FnOnce() -> String) -> Result<(), Status> {
     match caller(req) {
-        Some(c) if c.role == Role::Sidecar && c.service != service => Err(Status::permission_denied(format!(
-            "a sidecar token for service {} may not act for service {service}",
-            c.service
-        ))),
+        Some(c) if c.role == Role::Sidecar => {
+            let service = service();
+            if c.service == service {
+                Ok(())
+            } else {
+                Err(Status::permission_denied(format!(
+                    "a sidecar token for service {} may not act for service {service}",
+                    c.service
+                )))
+            }
+        }
         _ => Ok(()),
     }
 }

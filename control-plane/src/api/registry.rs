@@ -123,8 +123,9 @@ impl registry_server::Registry for RegistryApi {
         &self,
         req: Request<pb::RegisterInstanceRequest>,
     ) -> Result<Response<pb::Instance>, Status> {
-        let service = req.get_ref().instance.as_ref().map(|i| i.service_id.clone()).unwrap_or_default();
-        auth::require_service(&req, &service)?;
+        auth::require_service(&req, || {
+            req.get_ref().instance.as_ref().map(|i| i.service_id.clone()).unwrap_or_default()
+        })?;
         let r = req.into_inner();
         let instance = Instance::try_from(r.instance.ok_or_else(|| missing("instance"))?)?;
         self.check_address(&instance.address).await?;
@@ -135,8 +136,7 @@ impl registry_server::Registry for RegistryApi {
         &self,
         req: Request<pb::DeregisterInstanceRequest>,
     ) -> Result<Response<pb::DeregisterInstanceResponse>, Status> {
-        let service = self.registry.service_of_instance(&req.get_ref().id).unwrap_or_default();
-        auth::require_service(&req, &service)?;
+        auth::require_service(&req, || self.registry.service_of_instance(&req.get_ref().id).unwrap_or_default())?;
         let id = req.into_inner().id;
         check_id("id", &id)?;
         self.registry.deregister_instance(&id).await?;
@@ -154,8 +154,9 @@ impl registry_server::Registry for RegistryApi {
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let service = self.registry.service_of_instance(&req.get_ref().instance_id).unwrap_or_default();
-        auth::require_service(&req, &service)?;
+        auth::require_service(&req, || {
+            self.registry.service_of_instance(&req.get_ref().instance_id).unwrap_or_default()
+        })?;
         let r = req.into_inner();
         check_id("instanceId", &r.instance_id)?;
         let status = health_status_from_pb(r.status, "status")?;

@@ -136,7 +136,7 @@ impl Registry {
 
     /// The service an instance belongs to, if it is registered.
     pub fn service_of_instance(&self, id: &str) -> Option<String> {
-        self.read().instances().find(|(_, i)| i.id == id).map(|(_, i)| i.service_id.clone())
+        self.read().service_of(id).map(|entry| entry.service.id.clone())
     }
 
     /// Open Watch streams (subscribers of the change feed) on this replica.

@@ -37,7 +37,7 @@ async fn an_instance_of_an_unknown_service_is_refused_and_nothing_is_written() {
     for (store, _guard) in stores().await {
         let err = store.apply(Mutation::CreateInstance(instance("i1", "ghost"))).await.unwrap_err();
         assert!(matches!(err, StoreError::NotFound { kind: "service", .. }), "{err}");
-        let Snapshot { services, instances, version, .. } = store.load_registry().await.unwrap();
+        let Snapshot { services, instances, version, .. } = store.load_registry().await.expect("test input is valid");
         assert!(services.is_empty() && instances.is_empty());
         assert_eq!(version, 0);
     }
@@ -62,7 +62,7 @@ async fn changes_come_back_in_version_order_and_match_the_tables() {
         let tail = store.changes_since(seqs[1], 100).await.unwrap();
         assert_eq!(tail.len(), 2);
 
-        let Snapshot { services, instances, version, .. } = store.load_registry().await.unwrap();
+        let Snapshot { services, instances, version, .. } = store.load_registry().await.expect("test input is valid");
         assert_eq!(services.len(), 1);
         assert_eq!(instances.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["o2"]);
         assert_eq!(version, *seqs.last().unwrap());
@@ -79,7 +79,7 @@ async fn deleting_a_service_removes_its_instances_in_the_same_version_range() {
         let records = store.apply(Mutation::DeleteService("orders".into())).await.unwrap();
         assert_eq!(records.len(), 3);
         assert!(matches!(&records[2].change, Change::ServiceDeleted(id) if id == "orders"));
-        let Snapshot { services, instances, .. } = store.load_registry().await.unwrap();
+        let Snapshot { services, instances, .. } = store.load_registry().await.expect("test input is valid");
         assert!(services.is_empty() && instances.is_empty());
         let err = store.apply(Mutation::DeleteService("orders".into())).await.unwrap_err();
         assert!(matches!(err, StoreError::NotFound { .. }));
@@ -140,7 +140,7 @@ async fn compaction_keeps_the_newest_changes_and_remembers_where_it_cut() {
         let left = store.changes_since(0, 100).await.unwrap();
         assert_eq!(left, all[4..].to_vec());
         assert_eq!(store.compacted_through().await.unwrap(), all[3].seq);
-        let version = store.load_registry().await.unwrap().version;
+        let version = store.load_registry().await.expect("test input is valid").version;
         assert_eq!(version, all[5].seq);
     }
 }
@@ -235,7 +235,7 @@ async fn a_task_is_held_by_one_worker_until_its_lease_runs_out() {
                 Ok(Some(Transition { status: "COMPLETED".into(), run: "{\"by\":\"a\"}".into(), ..Default::default() }))
             })
             .await
-            .unwrap();
+            .expect("test input is valid");
         assert_eq!(lost, Committed::LeaseLost);
         assert_eq!(store.instance("r1").await.unwrap().unwrap().run, "{}");
 
@@ -251,7 +251,7 @@ async fn a_task_is_held_by_one_worker_until_its_lease_runs_out() {
                 }))
             })
             .await
-            .unwrap();
+            .expect("test input is valid");
         assert_eq!(done, Committed::Done);
         assert_eq!(store.history("r1").await.unwrap().len(), 1);
         let next = store.claim_tasks("b", short, 10).await.unwrap();
@@ -281,7 +281,7 @@ async fn a_finished_run_drops_its_remaining_tasks_and_a_restart_frees_its_leases
                 }))
             })
             .await
-            .unwrap();
+            .expect("test input is valid");
         assert_eq!(store.next_task_due_ms().await.unwrap(), None, "the deadline task went with the run");
         let page = store.list_instances("order", Some("COMPLETED"), None, 10).await.unwrap();
         assert_eq!(page.len(), 1);
@@ -305,7 +305,7 @@ async fn withdrawing_waiting_calls_spares_the_one_a_worker_holds() {
                     Ok(None)
                 })
                 .await
-                .unwrap();
+                .expect("test input is valid");
             assert_eq!(seen, Some(withdrawn), "{id}");
         }
         assert_eq!(store.next_task_due_ms().await.unwrap(), None, "the waiting retry is gone");
