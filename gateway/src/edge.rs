@@ -54,7 +54,7 @@ const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-reskflow-route");
 /// Every REST resource of `rest::*` (keep in step with the routers there).
 const MANAGEMENT_PREFIXES: [&str; 6] =
     ["/api/registry", "/api/workflows", "/api/saga", "/api/circuit-breakers", "/api/dataplane", "/api/gateway"];
-const OPEN_PATHS: [&str; 3] = ["/health", "/ready", "/metrics"];
+const OPEN_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/api/openapi.json"];
 
 fn is_management(path: &str) -> bool {
     OPEN_PATHS.contains(&path)
@@ -732,6 +732,18 @@ pub fn error(status: StatusCode, code: &'static str, message: &str) -> Response<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_documented_endpoint_is_served_by_the_management_api_not_proxied() {
+        let doc = crate::openapi_document();
+        let paths = doc["paths"].as_object().expect("the document has paths");
+        assert!(paths.len() >= 25, "{} paths", paths.len());
+        for path in paths.keys() {
+            let concrete: String =
+                path.split('/').map(|s| if s.starts_with('{') { "x" } else { s }).collect::<Vec<_>>().join("/");
+            assert!(is_management(&concrete), "{path} is documented but the front door would proxy it");
+        }
+    }
 
     #[test]
     fn management_paths_take_precedence() {

@@ -23,35 +23,41 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "bad_request" };
             ApiError::new(status, code, rejection.body_text())
         })?;
-        let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
-        if !bytes.is_empty() {
-            let json = content_type.as_deref().is_some_and(|ct| {
-                let essence = ct.split(';').next().unwrap_or("").trim();
-                essence.eq_ignore_ascii_case("application/json") || essence.to_ascii_lowercase().ends_with("+json")
-            });
-            if !json {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    "send the body as JSON with Content-Type: application/json",
-                ));
-            }
+        parse_json_body(content_type.as_deref(), &bytes).map(JsonBody)
+    }
+}
+
+/// What `JsonBody` does with a request's body once read: blank reads as `{}`, anything else must
+/// be sent as JSON and parse into `T`, or the error names the field (`instances[0].port`).
+pub fn parse_json_body<T: DeserializeOwned>(content_type: Option<&str>, bytes: &[u8]) -> Result<T, ApiError> {
+    let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
+    if !bytes.is_empty() {
+        let json = content_type.is_some_and(|ct| {
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("application/json") || essence.to_ascii_lowercase().ends_with("+json")
+        });
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json",
+            ));
         }
-        let de = &mut serde_json::Deserializer::from_slice(body);
-        match serde_path_to_error::deserialize(de) {
-            Ok(value) => Ok(JsonBody(value)),
-            Err(err) => {
-                let path = err.path().to_string();
-                let field = if path == "." { "body".to_string() } else { path };
-                let inner = err.into_inner();
-                let why = inner.to_string();
-                // serde_json appends " at line L column C"; the field path says more.
-                let why = why.split(" at line ").next().unwrap_or(&why).to_string();
-                if inner.is_syntax() || inner.is_eof() {
-                    return Err(ApiError::field("body", format!("is not valid JSON: {why}")));
-                }
-                Err(ApiError::field(field, why))
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize(de) {
+        Ok(value) => Ok(value),
+        Err(err) => {
+            let path = err.path().to_string();
+            let field = reskflow_proto::invalid::field_or_root(&path, "body");
+            let inner = err.into_inner();
+            let why = inner.to_string();
+            // serde_json appends " at line L column C"; the field path says more.
+            let why = why.split(" at line ").next().unwrap_or(&why).to_string();
+            if inner.is_syntax() || inner.is_eof() {
+                return Err(ApiError::field("body", format!("is not valid JSON: {why}")));
             }
+            Err(ApiError::field(field, why))
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`error`]: `ApiError`, the JSON error every endpoint answers with.
 //! - [`json`]: body and query extractors that name the failing field.
 //! - [`rest`]: one module per REST resource, each calling the control plane over gRPC.
+//! - [`openapi`]: the OpenAPI document, generated from the handlers as they are routed.
 //!
 //! [`router`] builds the whole app from its state, so tests drive it in-process with `oneshot`.
 
@@ -18,6 +19,7 @@ pub mod edge;
 pub mod error;
 pub mod json;
 pub mod metrics;
+pub mod openapi;
 pub mod ratelimit;
 pub mod rest;
 pub mod routes;
@@ -32,16 +34,19 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use reskflow_proto::{Client, ClientOptions};
 use tokio::net::TcpListener;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tracing::info;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::openapi::Describe;
 use reskflow_proto::pb::config::v1 as pb;
 use reskflow_sidecar::balance::Locality;
 use reskflow_sidecar::config_watch::{self, Watcher};
@@ -101,19 +106,60 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState, config: &Config) -> Router {
-    let max_body = config.max_body_bytes;
-    Router::new()
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    modifiers(&Describe),
+    tags(
+        (name = "registry", description = "Services, instances, health, discovery, dependencies"),
+        (name = "workflows", description = "Workflow definitions, runs, cancel, sagas"),
+        (name = "circuit breakers", description = "What the data planes report, and resets"),
+        (name = "gateway", description = "Routes and the gateway's own metrics and cache"),
+        (name = "operations", description = "Health, readiness, Prometheus, this document"),
+    )
+)]
+struct ApiDoc;
+
+/// Every REST route with its documentation: `routes!` serves a handler and documents it from its
+/// `#[utoipa::path]` at once.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(rest::registry::routes())
         .merge(rest::workflows::routes())
         .merge(rest::dataplane::routes())
         .merge(rest::routes::routes())
-        .route("/api/gateway/metrics", get(gateway_metrics))
-        .route("/api/gateway/cache", axum::routing::delete(purge_cache))
-        .route("/metrics", get(prometheus))
-        .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
-        .route("/ready", get(ready))
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .routes(routes!(gateway_metrics))
+        .routes(routes!(purge_cache))
+        .routes(routes!(prometheus))
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(openapi_json))
+        .split_for_parts()
+}
+
+/// The OpenAPI document (built once per process).
+pub fn openapi_document() -> &'static serde_json::Value {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| serde_json::to_value(api().1).unwrap_or_default())
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3.1", body = openapi::Document)))]
+async fn openapi_json() -> Json<&'static serde_json::Value> {
+    Json(openapi_document())
+}
+
+/// Liveness: the process serves.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = openapi::Document)))]
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+pub fn router(state: AppState, config: &Config) -> Router {
+    let max_body = config.max_body_bytes;
+    let (api, _) = api();
+    api.fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(move |req: Request, next: Next| reject_oversized(max_body, req, next)))
         .with_state(state)
@@ -136,6 +182,8 @@ async fn reject_oversized(max: usize, req: Request, next: Next) -> Response {
 }
 
 /// Per-route metrics (JSON), with the shared rate limit store's health.
+#[utoipa::path(get, path = "/api/gateway/metrics", tag = "gateway",
+    responses((status = 200, description = "Per route: requests by class, latency p50/p95/p99, cache hit ratio, refusals", body = openapi::Document)))]
 async fn gateway_metrics(State(state): State<AppState>) -> Json<serde_json::Value> {
     let mut body = state.metrics.json();
     body["configVersion"] = state.upstreams.version().into();
@@ -149,8 +197,9 @@ async fn gateway_metrics(State(state): State<AppState>) -> Json<serde_json::Valu
     Json(body)
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PurgeQuery {
     route: Option<String>,
     path: Option<String>,
@@ -158,6 +207,10 @@ struct PurgeQuery {
 
 /// Drops cached answers: all, a route's, or a route's for one path (`?route=&path=`): in this
 /// replica's memory and, with `CACHE_STORE=redis`, in Redis (every replica within a second).
+#[utoipa::path(delete, path = "/api/gateway/cache", tag = "gateway", params(PurgeQuery),
+    responses((status = 204, description = "Purged"),
+              (status = 400, description = "A field is invalid", body = openapi::ErrorResponse),
+              (status = 503, description = "The shared cache store does not answer", body = openapi::ErrorResponse)))]
 async fn purge_cache(
     State(state): State<AppState>,
     json::QueryParams(q): json::QueryParams<PurgeQuery>,
@@ -174,6 +227,8 @@ async fn purge_cache(
 }
 
 /// Prometheus text: routes, then the data plane's upstreams and breakers.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
     let mut out = String::with_capacity(8192);
     state.metrics.prometheus(&mut out);
@@ -199,6 +254,9 @@ async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// Ready when the control plane answers its gRPC health check.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"ready\", \"controlPlane\"}`", body = openapi::Document),
+              (status = 503, description = "The control plane does not answer", body = openapi::ErrorResponse)))]
 async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let mut health = state.health.clone();
     let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });

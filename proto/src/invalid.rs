@@ -77,6 +77,18 @@ impl Violations {
     }
 }
 
+/// The field a deserializer's error path names (serde_path_to_error's `steps[2].retry`), or `root`
+/// when the path names no field: the error is about the whole document (`.`, `?`, ``), or about a
+/// key that is itself empty (`steps[0].` names `steps[0]`).
+pub fn field_or_root(path: &str, root: &str) -> String {
+    let path = path.trim_end_matches('.');
+    if path.is_empty() || path == "?" {
+        root.to_string()
+    } else {
+        path.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +102,14 @@ mod tests {
         let status = Status::from(invalid.clone());
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(Invalid::from_status(&status), Some(invalid));
+    }
+
+    #[test]
+    fn error_paths_that_name_no_field_name_the_document() {
+        for path in ["", ".", "?"] {
+            assert_eq!(field_or_root(path, "body"), "body");
+        }
+        assert_eq!(field_or_root("steps[0].", "body"), "steps[0]");
+        assert_eq!(field_or_root("steps[0].retry", "body"), "steps[0].retry");
     }
 }

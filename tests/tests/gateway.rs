@@ -1037,7 +1037,7 @@ async fn when_redis_goes_away_limits_fall_back_to_local_and_return_to_redis_when
 }
 
 #[tokio::test]
-async fn a_hanging_backend_costs_its_route_a_bounded_timeout_and_leaves_other_routes_alone() {
+async fn hanging_resetting_and_late_backends_cost_their_routes_a_bounded_time_and_leave_other_routes_alone() {
     let cp = ControlPlane::start().await;
     let client = cp.client();
     let orders = EchoBackend::start("orders-1").await;
@@ -1051,19 +1051,55 @@ async fn a_hanging_backend_costs_its_route_a_bounded_timeout_and_leaves_other_ro
             held.push(socket);
         }
     });
-    let s: Service = serde_json::from_value(json!({ "id": "slow" })).expect("service");
-    client.register_service(s).await.expect("register");
-    let i: Instance = serde_json::from_value(
-        json!({ "id": "slow-1", "serviceId": "slow", "address": "127.0.0.1", "port": hang_port }),
-    )
-    .expect("instance");
-    client.register_instance(i).await.expect("register");
+    // One that reads the request and resets the connection (RST, not FIN).
+    let reset = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let reset_port = reset.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = reset.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
+                // A zero linger resets at once (the deprecation is about blocking on a non-zero one).
+                #[allow(deprecated)]
+                let _ = socket.set_linger(Some(Duration::ZERO));
+                drop(socket);
+            });
+        }
+    });
+    // One that answers, but only after two seconds.
+    let late = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let late_port = late.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = late.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await.is_ok_and(|n| n > 0) {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if tokio::io::AsyncWriteExt::write_all(&mut socket, answer).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    for (service, port) in [("slow", hang_port), ("resets", reset_port), ("late", late_port)] {
+        let s: Service = serde_json::from_value(json!({ "id": service })).expect("service");
+        client.register_service(s).await.expect("register");
+        let i: Instance = serde_json::from_value(
+            json!({ "id": format!("{service}-1"), "serviceId": service, "address": "127.0.0.1", "port": port }),
+        )
+        .expect("instance");
+        client.register_instance(i).await.expect("register");
+    }
     let gw = Gateway::start(&cp).await;
     let (status, _) = gw
         .put(
             "/api/gateway/routes",
             json!([
                 { "id": "slow", "path": "/api/slow/*", "serviceId": "slow", "timeout": "300ms" },
+                { "id": "resets", "path": "/api/resets/*", "serviceId": "resets", "timeout": "300ms" },
+                { "id": "late", "path": "/api/late/*", "serviceId": "late", "timeout": "300ms" },
                 { "id": "orders", "path": "/api/orders/*", "serviceId": "orders" },
             ]),
         )
@@ -1075,24 +1111,32 @@ async fn a_hanging_backend_costs_its_route_a_bounded_timeout_and_leaves_other_ro
     })
     .await;
 
-    // Twenty callers stuck on the hanging route at once; the other route answers meanwhile.
-    let slow = (0..20).map(|_| get_with(&gw, "/api/slow/x", &[]));
+    // Twenty callers on each bad route at once; the good route answers meanwhile.
+    let gw = &gw;
+    let bad = |path: &'static str| futures::future::join_all((0..20).map(move |_| get_with(gw, path, &[])));
     let fast = async {
         let mut statuses = Vec::new();
         for _ in 0..20 {
-            statuses.push(get_with(&gw, "/api/orders/1", &[]).await.0);
+            statuses.push(get_with(gw, "/api/orders/1", &[]).await.0);
         }
         statuses
     };
-    let (slow, fast) = tokio::join!(futures::future::join_all(slow), fast);
+    let (slow, resets, late, fast) = tokio::join!(bad("/api/slow/x"), bad("/api/resets/x"), bad("/api/late/x"), fast);
     assert!(fast.iter().all(|s| *s == 200), "{fast:?}");
-    for (status, _, body) in &slow {
-        // 504 from the timeout, or 503 once the breaker has opened on the timeouts.
-        assert!(matches!(status, 504 | 503), "{status} {body}");
+    // 504 from the timeout or 502 from the reset; 503 once the breaker has opened on them.
+    for (route, answers, expected) in [("slow", &slow, 504), ("late", &late, 504), ("resets", &resets, 502)] {
+        for (status, _, body) in answers {
+            assert!(*status == expected || *status == 503, "{route}: {status} {body}");
+        }
     }
     let (_, metrics) = gw.get("/api/gateway/metrics").await;
-    let slow =
-        metrics["routes"].as_array().and_then(|r| r.iter().find(|r| r["route"] == "slow")).cloned().unwrap_or_default();
-    let counted = slow["upstreamErrors"].as_u64().unwrap_or(0) + slow["breakerRejections"].as_u64().unwrap_or(0);
-    assert_eq!(counted, 20, "{slow}");
+    for route in ["slow", "resets", "late"] {
+        let m = metrics["routes"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["route"] == route))
+            .cloned()
+            .unwrap_or_default();
+        let counted = m["upstreamErrors"].as_u64().unwrap_or(0) + m["breakerRejections"].as_u64().unwrap_or(0);
+        assert_eq!(counted, 20, "{route}: {m}");
+    }
 }

@@ -207,6 +207,7 @@ impl registry_server::Registry for RegistryApi {
                 let path = e.path().to_string();
                 let field = path.strip_prefix('[').map_or(path.clone(), |p| format!("routes[{p}"));
                 let field = if r.single { path_without_index(&path) } else { field };
+                let field = reskflow_proto::invalid::field_or_root(&field, if r.single { "body" } else { "routes" });
                 Status::from(Invalid::one(field, e.inner().to_string()))
             })?
         };

@@ -295,7 +295,7 @@ impl Definition {
             let path = err.path().to_string();
             let why = err.inner().to_string();
             let why = why.split(" at line ").next().unwrap_or(&why).to_string();
-            let field = if path == "." || path == "?" { "definition".to_string() } else { path };
+            let field = reskflow_proto::invalid::field_or_root(&path, "definition");
             Invalid::one(field, why)
         })?;
         Self::compile(spec)

@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use reskflow_proto::invalid::Invalid;
+use reskflow_proto::invalid::{field_or_root, Invalid};
 use serde::Deserialize;
 
 use super::definition::{CompensateSpec, RetrySpec, StepSpec, WorkflowSpec};
@@ -68,7 +68,7 @@ impl SagaRequest {
             let path = err.path().to_string();
             let why = err.inner().to_string();
             let why = why.split(" at line ").next().unwrap_or(&why).to_string();
-            Invalid::one(if path == "." || path == "?" { "body".to_string() } else { path }, why)
+            Invalid::one(field_or_root(&path, "body"), why)
         })?;
         if request.wait.is_some_and(|w| w > MAX_WAIT) {
             return Err(Invalid::one("wait", format!("must be at most {}", humantime::format_duration(MAX_WAIT))));

@@ -7,20 +7,19 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use reskflow_proto::pb::config::v1 as pb;
 use serde_json::{json, Value};
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::error::ApiError;
+use crate::openapi::{Document, ErrorResponse};
 use crate::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/circuit-breakers", get(list))
-        .route("/api/circuit-breakers/{name}", get(one))
-        .route("/api/circuit-breakers/{name}/reset", post(reset))
-        .route("/api/dataplane/clients", get(clients))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list)).routes(routes!(one)).routes(routes!(reset)).routes(routes!(clients))
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -79,11 +78,18 @@ async fn breakers(s: &AppState) -> ApiResult<BTreeMap<String, Value>> {
         .collect())
 }
 
+/// Every circuit breaker the data planes hold, by name (the upstream service): the worst state,
+/// summed calls, and each holder's metrics.
+#[utoipa::path(get, path = "/api/circuit-breakers", tag = "circuit breakers",
+    responses((status = 200, description = "`{\"breakers\": [...]}`", body = Document)))]
 async fn list(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     let all: Vec<Value> = breakers(&s).await?.into_values().collect();
     Ok(Json(json!({ "breakers": all })))
 }
 
+/// One breaker, aggregated over its holders.
+#[utoipa::path(get, path = "/api/circuit-breakers/{name}", tag = "circuit breakers", params(("name" = String, Path)),
+    responses((status = 200, body = Document), (status = 404, description = "No data plane holds it", body = ErrorResponse)))]
 async fn one(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     breakers(&s)
         .await?
@@ -92,6 +98,9 @@ async fn one(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<J
         .ok_or_else(|| ApiError::not_found(format!("no data plane reports a circuit breaker named {name}")))
 }
 
+/// Closes a breaker on every holder.
+#[utoipa::path(post, path = "/api/circuit-breakers/{name}/reset", tag = "circuit breakers", params(("name" = String, Path)),
+    responses((status = 202, description = "`{\"name\", \"version\"}`", body = Document), (status = 404, description = "No data plane holds it", body = ErrorResponse)))]
 /// 202: the reset is on its way to every holder (they apply it within the config stream's delay).
 async fn reset(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
     let req = pb::ResetBreakerRequest { service_id: name.clone() };
@@ -99,6 +108,9 @@ async fn reset(State(s): State<AppState>, Path(name): Path<String>) -> ApiResult
     Ok((StatusCode::ACCEPTED, Json(json!({ "name": name, "version": version }))))
 }
 
+/// The data planes (sidecars, gateways) on the config stream: sent and acked versions, stale, NACKs.
+#[utoipa::path(get, path = "/api/dataplane/clients", tag = "circuit breakers",
+    responses((status = 200, description = "`{\"currentVersion\", \"clients\": [...]}`", body = Document)))]
 async fn clients(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     let list = s.client().config().list_clients(pb::ListClientsRequest {}).await?.into_inner();
     let clients: Vec<Value> = list

@@ -4,25 +4,29 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use reskflow_proto::pb::workflow::v1 as pb;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::error::ApiError;
 use crate::json::{JsonBody, QueryParams};
+use crate::openapi::{Document, ErrorResponse};
 use crate::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/workflows", post(register).get(list))
-        .route("/api/workflows/instances", get(list_instances))
-        .route("/api/workflows/instances/{instance_id}", get(instance))
-        .route("/api/workflows/instances/{instance_id}/cancel", post(cancel))
-        .route("/api/workflows/{workflow_id}", get(definition))
-        .route("/api/workflows/{workflow_id}/execute", post(execute))
-        .route("/api/saga/execute", post(execute_saga))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register, list))
+        .routes(routes!(list_instances))
+        .routes(routes!(instance))
+        .routes(routes!(cancel))
+        .routes(routes!(definition))
+        .routes(routes!(execute))
+        .routes(routes!(execute_saga))
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -56,20 +60,28 @@ fn summary_json(s: pb::InstanceSummary) -> Value {
     })
 }
 
+/// Registers a workflow definition (a new version when the id exists): steps of `service` +
+/// `action` with templated `input`, conditions, `next` branches, retries, timeouts, compensations.
+#[utoipa::path(post, path = "/api/workflows", tag = "workflows", request_body(content = Document, description = "The definition (README: Workflows)"),
+    responses((status = 201, description = "`{\"id\", \"version\", \"name\", \"createdAt\", \"definition\"}`", body = Document), (status = 400, description = "A field is invalid; each is named", body = ErrorResponse)))]
 async fn register(State(s): State<AppState>, JsonBody(definition): JsonBody<Value>) -> ApiResult<impl IntoResponse> {
     let req = pb::RegisterWorkflowRequest { definition_json: definition.to_string() };
     let stored = s.client().workflows().register_workflow(req).await?.into_inner();
     Ok((StatusCode::CREATED, Json(definition_json(stored)?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PageParams {
     page_size: Option<u32>,
     #[serde(default)]
     page_token: String,
 }
 
+/// The latest version of each workflow, a page at a time.
+#[utoipa::path(get, path = "/api/workflows", tag = "workflows", params(PageParams),
+    responses((status = 200, description = "`{\"workflows\": [...], \"nextPageToken\"?}`", body = Document), (status = 400, description = "A field is invalid; each is named", body = ErrorResponse)))]
 async fn list(State(s): State<AppState>, QueryParams(p): QueryParams<PageParams>) -> ApiResult<Json<Value>> {
     let req = pb::ListWorkflowsRequest { page_size: p.page_size.unwrap_or(0), page_token: p.page_token };
     let page = s.client().workflows().list_workflows(req).await?.into_inner();
@@ -81,12 +93,17 @@ async fn list(State(s): State<AppState>, QueryParams(p): QueryParams<PageParams>
     Ok(Json(body))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct VersionParam {
     version: Option<i64>,
 }
 
+/// A workflow definition: the latest version, or `?version=`.
+#[utoipa::path(get, path = "/api/workflows/{workflow_id}", tag = "workflows",
+    params(("workflow_id" = String, Path), VersionParam),
+    responses((status = 200, body = Document), (status = 400, description = "A field is invalid; each is named", body = ErrorResponse), (status = 404, description = "No such workflow", body = ErrorResponse)))]
 async fn definition(
     State(s): State<AppState>,
     Path(workflow_id): Path<String>,
@@ -96,9 +113,9 @@ async fn definition(
     Ok(Json(definition_json(s.client().workflows().get_workflow(req).await?.into_inner())?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ExecuteBody {
+pub struct ExecuteBody {
     #[serde(default)]
     input: Option<Value>,
     #[serde(default)]
@@ -109,6 +126,12 @@ struct ExecuteBody {
 
 /// 202 with the run's id at once; the run is queued. The idempotency key may come in the body or
 /// as an `Idempotency-Key` header.
+/// Starts a run (queued; 202 at once). The same idempotency key (body or `Idempotency-Key`
+/// header) answers the same run.
+#[utoipa::path(post, path = "/api/workflows/{workflow_id}/execute", tag = "workflows",
+    params(("workflow_id" = String, Path), ("Idempotency-Key" = Option<String>, Header)), request_body = Option<ExecuteBody>,
+    responses((status = 202, description = "`{\"instanceId\", \"status\", \"created\"}`", body = Document), (status = 400, description = "A field is invalid; each is named", body = ErrorResponse),
+              (status = 404, description = "No such workflow", body = ErrorResponse)))]
 async fn execute(
     State(s): State<AppState>,
     Path(workflow_id): Path<String>,
@@ -127,14 +150,19 @@ async fn execute(
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
+/// A run: status, input, output, each step with its attempts, compensations and the history.
+#[utoipa::path(get, path = "/api/workflows/instances/{instance_id}", tag = "workflows",
+    params(("instance_id" = String, Path)),
+    responses((status = 200, body = Document), (status = 400, description = "A field is invalid; each is named", body = ErrorResponse), (status = 404, description = "No such run", body = ErrorResponse)))]
 async fn instance(State(s): State<AppState>, Path(instance_id): Path<String>) -> ApiResult<Json<Value>> {
     let req = pb::GetInstanceRequest { instance_id };
     let detail = s.client().workflows().get_instance(req).await?.into_inner();
     Ok(Json(parse_json("detail", &detail.detail_json)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
     #[serde(default)]
     workflow_id: String,
@@ -145,6 +173,9 @@ struct ListParams {
     page_token: String,
 }
 
+/// Runs, newest first, by workflow and status, a page at a time.
+#[utoipa::path(get, path = "/api/workflows/instances", tag = "workflows", params(ListParams),
+    responses((status = 200, description = "`{\"instances\": [...], \"nextPageToken\"?}`", body = Document), (status = 400, description = "A field is invalid; each is named", body = ErrorResponse)))]
 async fn list_instances(State(s): State<AppState>, QueryParams(p): QueryParams<ListParams>) -> ApiResult<Json<Value>> {
     let req = pb::ListInstancesRequest {
         workflow_id: p.workflow_id,
@@ -161,6 +192,12 @@ async fn list_instances(State(s): State<AppState>, QueryParams(p): QueryParams<L
     Ok(Json(body))
 }
 
+/// Cancels a run: it stops and compensates what completed (202).
+#[utoipa::path(post, path = "/api/workflows/instances/{instance_id}/cancel", tag = "workflows",
+    params(("instance_id" = String, Path)),
+    responses((status = 202, description = "`{\"instanceId\", \"status\"}`", body = Document), (status = 400, description = "A field is invalid; each is named", body = ErrorResponse),
+              (status = 404, description = "No such run", body = ErrorResponse),
+              (status = 409, description = "The run has ended", body = ErrorResponse)))]
 async fn cancel(State(s): State<AppState>, Path(instance_id): Path<String>) -> ApiResult<impl IntoResponse> {
     let req = pb::CancelRequest { instance_id: instance_id.clone() };
     let status = s.client().workflows().cancel(req).await?.into_inner().status;
@@ -168,6 +205,10 @@ async fn cancel(State(s): State<AppState>, Path(instance_id): Path<String>) -> A
 }
 
 /// 200 with the run's detail when the saga ended within `wait`; otherwise 202 with its id.
+/// Runs an ad-hoc saga (steps with `forward` and `compensate` calls), durably.
+#[utoipa::path(post, path = "/api/saga/execute", tag = "workflows", request_body(content = Document, description = "The saga (README: Sagas)"),
+    responses((status = 200, description = "The run's detail, when it ended within `wait`", body = Document),
+              (status = 202, description = "`{\"instanceId\", \"status\", \"created\"}`", body = Document), (status = 400, description = "A field is invalid; each is named", body = ErrorResponse)))]
 async fn execute_saga(State(s): State<AppState>, JsonBody(body): JsonBody<Value>) -> ApiResult<impl IntoResponse> {
     let req = pb::ExecuteSagaRequest { request_json: body.to_string() };
     // The call may wait for the saga: allow for that beyond the usual deadline.

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use validate::{check_page, is_valid_id, MAX_PAGE_SIZE};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Service {
     pub id: String,
@@ -44,14 +45,18 @@ pub struct Service {
     pub api_contract: Option<ApiContract>,
     /// How data planes call this service; None: the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub traffic_policy: Option<Box<crate::policy::TrafficPolicy>>,
     #[serde(skip_deserializing, default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime, read_only))]
     pub created_at: Option<DateTime<Utc>>,
     #[serde(skip_deserializing, default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime, read_only))]
     pub updated_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Sla {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,6 +69,7 @@ pub struct Sla {
 
 /// A declared dependency. In JSON either `"payments"` or `{"serviceId": "payments", "optional": true}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(from = "DependencyForm")]
 #[serde(rename_all = "camelCase")]
 pub struct Dependency {
@@ -98,6 +104,7 @@ impl From<DependencyForm> for Dependency {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CheckKind {
     /// No check: instances are passing while registered.
@@ -112,6 +119,7 @@ pub enum CheckKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthCheck {
     pub kind: CheckKind,
@@ -125,16 +133,20 @@ pub struct HealthCheck {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub grpc_service: String,
     #[serde(default = "HealthCheck::default_interval", with = "humantime_serde")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "10s"))]
     pub interval: Duration,
     #[serde(default = "HealthCheck::default_timeout", with = "humantime_serde")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "5s"))]
     pub timeout: Duration,
     #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "15s"))]
     pub ttl: Option<Duration>,
     #[serde(default = "HealthCheck::default_threshold")]
     pub success_threshold: u32,
     #[serde(default = "HealthCheck::default_threshold")]
     pub failure_threshold: u32,
     #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "10m"))]
     pub deregister_critical_after: Option<Duration>,
 }
 
@@ -166,6 +178,7 @@ impl HealthCheck {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiContract {
     pub kind: String,
@@ -176,6 +189,7 @@ pub struct ApiContract {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
     Passing,
@@ -195,6 +209,7 @@ impl HealthStatus {
 
 /// A running copy of a service. `status*`, `lastCheckedAt` and `registeredAt` are the registry's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Instance {
     /// Generated (`<serviceId>-<random>`) when left out.
@@ -224,10 +239,13 @@ pub struct Instance {
     #[serde(skip_deserializing, default)]
     pub status_output: String,
     #[serde(skip_deserializing, default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime, read_only))]
     pub status_since: Option<DateTime<Utc>>,
     #[serde(skip_deserializing, default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime, read_only))]
     pub last_checked_at: Option<DateTime<Utc>>,
     #[serde(skip_deserializing, default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime, read_only))]
     pub registered_at: Option<DateTime<Utc>>,
 }
 
@@ -243,6 +261,7 @@ impl Instance {
 /// Counts of instances by status, and the service's aggregate: passing when every instance passes,
 /// critical when none does (or there are none), warning in between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct HealthSummary {
     pub status: HealthStatus,
@@ -273,6 +292,7 @@ impl HealthSummary {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSummary {
     #[serde(flatten)]
@@ -282,6 +302,7 @@ pub struct ServiceSummary {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     #[default]
@@ -293,6 +314,7 @@ pub enum Strategy {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum HealthFilter {
     #[default]
@@ -312,6 +334,7 @@ impl HealthFilter {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DiscoverQuery {
     pub service_id: String,
@@ -334,6 +357,7 @@ pub struct DiscoverQuery {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Discovered {
     pub instance: Instance,
@@ -343,6 +367,7 @@ pub struct Discovered {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TagMatch {
     #[default]
@@ -351,6 +376,7 @@ pub enum TagMatch {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SearchQuery {
     #[serde(default)]
@@ -372,6 +398,7 @@ pub struct SearchQuery {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Page {
     pub page_size: Option<u32>,
@@ -379,6 +406,7 @@ pub struct Page {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceList {
     pub services: Vec<ServiceSummary>,
@@ -388,6 +416,7 @@ pub struct ServiceList {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceHealth {
     pub service_id: String,
@@ -398,6 +427,7 @@ pub struct ServiceHealth {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GraphNode {
     pub id: String,
@@ -407,6 +437,7 @@ pub struct GraphNode {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GraphEdge {
     pub from: String,
@@ -416,6 +447,7 @@ pub struct GraphEdge {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DependencyGraph {
     pub service_id: String,
@@ -430,6 +462,7 @@ pub struct DependencyGraph {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Heartbeat {
     #[serde(default)]
