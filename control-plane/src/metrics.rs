@@ -105,21 +105,28 @@ where
         let method = req.uri().path().to_string();
         let started = Instant::now();
         let metrics = self.metrics.clone();
-        let future = self.inner.call(req);
-        Box::pin(async move {
-            let result = future.await;
-            if let Ok(response) = &result {
-                // Errors come trailers-only (the status in the head); OK comes in trailers.
-                let code = response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(0);
-                metrics.record(&method, code, started.elapsed());
-            }
-            result
-        })
+        // One span per call, continuing the caller's trace (traceparent in the metadata).
+        let name = method.trim_start_matches('/');
+        let span = tracing::info_span!("grpc", otel.name = name, otel.kind = "server", rpc.system = "grpc");
+        reskflow_runtime::telemetry::continue_trace(&span, req.headers());
+        let future = span.in_scope(|| self.inner.call(req));
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let result = future.await;
+                if let Ok(response) = &result {
+                    // Errors come trailers-only (the status in the head); OK comes in trailers.
+                    let code = response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    metrics.record(&method, code, started.elapsed());
+                }
+                result
+            },
+            span,
+        ))
     }
 }
 

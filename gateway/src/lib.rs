@@ -160,9 +160,30 @@ pub fn router(state: AppState, config: &Config) -> Router {
     let max_body = config.max_body_bytes;
     let (api, _) = api();
     api.fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(middleware::from_fn(trace_request))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(move |req: Request, next: Next| reject_oversized(max_body, req, next)))
         .with_state(state)
+}
+
+/// One span per REST call, named by its route (`GET /api/registry/services/{id}`), continuing the
+/// caller's trace (`traceparent`); the control plane's spans for the gRPC calls it makes are its
+/// children.
+async fn trace_request(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str());
+    let name = format!("{} {route}", req.method());
+    let span = tracing::info_span!(
+        "http",
+        otel.name = name,
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        url.path = req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    reskflow_runtime::telemetry::continue_trace(&span, req.headers());
+    let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 /// A declared body larger than the limit is refused before it is read (the body limit above still

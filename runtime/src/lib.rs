@@ -6,8 +6,10 @@
 //!   any port is bound), install tracing, build the runtime, serve until SIGINT/SIGTERM.
 //! - [`shutdown_signal`]: resolves on SIGINT or SIGTERM.
 //! - [`metrics`]: the latency histogram and Prometheus text helpers.
+//! - [`telemetry`]: OpenTelemetry export (OTLP, configured by `OTEL_*`) and `traceparent` propagation.
 
 pub mod metrics;
+pub mod telemetry;
 
 use std::future::Future;
 use std::path::Path;
@@ -55,17 +57,38 @@ pub fn load<S: Settings>(file: Option<&Path>) -> Result<S, Box<figment::Error>> 
 }
 
 /// Installs the tracing subscriber: `RUST_LOG` (or `default_filter`), text or JSON, on stderr,
-/// coloured only on a terminal.
-pub fn init_tracing(format: LogFormat, default_filter: &str) {
+/// coloured only on a terminal; and, when the `OTEL_*` variables ask for it, the OpenTelemetry
+/// layer exporting spans as `service` (returned, to be flushed with `shutdown` at exit).
+pub fn init_tracing(
+    format: LogFormat,
+    default_filter: &str,
+    service: &str,
+) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    let fmt = match format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    let (provider, problem) = match telemetry::provider(service) {
+        Ok(p) => (p, None),
+        Err(e) => (None, Some(e)),
+    };
+    let otel = provider.as_ref().map(|p| telemetry::layer(p, service));
+    tracing_subscriber::registry().with(filter).with(fmt).with(otel).init();
+    if let Some(e) = problem {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "OpenTelemetry export is configured but cannot start; spans are not exported"
+        );
     }
+    provider
 }
 
 /// Runs a binary: configuration, tracing, runtime, then `serve` until it returns.
@@ -88,7 +111,7 @@ where
         }
         return ExitCode::from(EXIT_CONFIG);
     }
-    init_tracing(settings.log_format(), default_filter);
+    let telemetry = init_tracing(settings.log_format(), default_filter, name);
     // One worker: the current-thread scheduler does the same work without the multi-thread
     // scheduler's cross-thread machinery (work stealing, the injection queue, wake-ups by syscall).
     let mut runtime = match settings.worker_threads() {
@@ -106,6 +129,10 @@ where
         .build()
         .context("while starting the async runtime")
         .and_then(|rt| rt.block_on(serve(settings)));
+    if let Some(provider) = telemetry {
+        // Export what is still batched.
+        let _ = provider.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
