@@ -17,6 +17,13 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans are exported: hot paths (the sidecar's, the gateway's proxying) make spans only then.
+pub fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Whether the environment asks for spans to be exported.
 pub fn export_configured(env: impl Fn(&str) -> Option<String>) -> bool {
     let set = |k: &str| env(k).is_some_and(|v| !v.trim().is_empty());
@@ -38,6 +45,7 @@ pub fn provider(service: &str) -> anyhow::Result<Option<SdkTracerProvider>> {
     }
     let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(Some(provider))
 }
 
@@ -78,10 +86,26 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
     }
 }
 
-/// Writes the current span's trace context into `headers` (`traceparent`), when there is one.
-pub fn inject_current(headers: &mut http::HeaderMap) {
-    let cx: Context = tracing::Span::current().context();
+/// Writes `span`'s trace context into `headers` (`traceparent`), when it has one.
+pub fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    let cx: Context = span.context();
     TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+}
+
+/// `span`'s W3C `traceparent`, when it is part of an exported trace.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let mut headers = http::HeaderMap::new();
+    inject(span, &mut headers);
+    headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// Makes `span` a child of the trace a stored `traceparent` names.
+pub fn continue_traceparent(span: &tracing::Span, traceparent: &str) {
+    if let Ok(value) = http::HeaderValue::from_str(traceparent) {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", value);
+        continue_trace(span, &headers);
+    }
 }
 
 #[cfg(test)]

@@ -146,7 +146,27 @@ impl Proxy {
             }
         };
         let started = clock::now_ns();
-        let (response, outcome) = self.forward(upstream, req, path, true, timeout).await;
+        let (response, outcome) = if reskflow_runtime::telemetry::enabled() {
+            // Exporting spans: the call is a span of the caller's trace, and the upstream sees it as
+            // its parent. (Without export no span is made: this is every request's path.)
+            let mut req = req;
+            let span = tracing::info_span!(
+                "proxy",
+                otel.name = format!("proxy {}", upstream.service),
+                otel.kind = "client",
+                http.request.method = %req.method(),
+                http.response.status_code = tracing::field::Empty,
+            );
+            reskflow_runtime::telemetry::continue_trace(&span, req.headers());
+            reskflow_runtime::telemetry::inject(&span, req.headers_mut());
+            let forwarded =
+                tracing::Instrument::instrument(self.forward(upstream, req, path, true, timeout), span.clone());
+            let (response, outcome) = forwarded.await;
+            span.record("http.response.status_code", response.status().as_u16());
+            (response, outcome)
+        } else {
+            self.forward(upstream, req, path, true, timeout).await
+        };
         let elapsed = Duration::from_nanos(clock::now_ns().saturating_sub(started));
         upstream.breaker.record_at(permit, outcome, elapsed, clock::now_ms());
         response

@@ -447,3 +447,15 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Registers service `service` with one instance, `<service>-1` on 127.0.0.1:`port`.
+pub async fn register_at(client: &reskflow_proto::Client, service: &str, port: u16) {
+    let s: reskflow_proto::registry::Service =
+        serde_json::from_value(serde_json::json!({ "id": service })).expect("a service");
+    client.register_service(s).await.expect("register the service");
+    let i: reskflow_proto::registry::Instance = serde_json::from_value(serde_json::json!({
+        "id": format!("{service}-1"), "serviceId": service, "address": "127.0.0.1", "port": port
+    }))
+    .expect("an instance");
+    client.register_instance(i).await.expect("register the instance");
+}

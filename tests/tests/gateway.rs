@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use reskflow_e2e::harness::{eventually, ControlPlane, Gateway};
+use reskflow_e2e::harness::{eventually, register_at, ControlPlane, Gateway};
 use reskflow_e2e::targets::EchoBackend;
 use reskflow_proto::registry::{Instance, Service};
 use reskflow_proto::Client;
@@ -1084,13 +1084,7 @@ async fn hanging_resetting_and_late_backends_cost_their_routes_a_bounded_time_an
         }
     });
     for (service, port) in [("slow", hang_port), ("resets", reset_port), ("late", late_port)] {
-        let s: Service = serde_json::from_value(json!({ "id": service })).expect("service");
-        client.register_service(s).await.expect("register");
-        let i: Instance = serde_json::from_value(
-            json!({ "id": format!("{service}-1"), "serviceId": service, "address": "127.0.0.1", "port": port }),
-        )
-        .expect("instance");
-        client.register_instance(i).await.expect("register");
+        register_at(&client, service, port).await;
     }
     let gw = Gateway::start(&cp).await;
     let (status, _) = gw

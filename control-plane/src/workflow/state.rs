@@ -80,6 +80,10 @@ pub struct Run {
     /// again under a new idempotency key. Absent: once.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub visits: BTreeMap<usize, u32>,
+    /// The W3C traceparent of the call that started the run, when tracing is on: each step's call
+    /// is a span of that trace, across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +175,7 @@ impl Run {
             compensation_failures: 0,
             output: None,
             visits: BTreeMap::new(),
+            trace: None,
         }
     }
 

@@ -33,6 +33,13 @@ fn corrupt(instance_id: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt { what: format!("run {instance_id}"), why: e.to_string() }
 }
 
+/// The run a step call is for: its id, and the trace it belongs to (when tracing is on).
+#[derive(Clone, Copy)]
+struct RunRef<'a> {
+    instance_id: &'a str,
+    trace: Option<&'a str>,
+}
+
 impl Engine {
     /// Calls `action` on a healthy instance of `service`.
     async fn call(
@@ -42,8 +49,9 @@ impl Engine {
         input: &serde_json::Value,
         key: &str,
         timeout: Duration,
-        instance_id: &str,
+        of: RunRef<'_>,
     ) -> Result<serde_json::Value, StepError> {
+        let RunRef { instance_id, trace } = of;
         let fail = |kind, message: String| StepError { kind, message };
         let Some(upstream) = self.inner.upstreams.get(service) else {
             return Err(fail(RetryOn::Connection, format!("service {service} is not registered")));
@@ -60,11 +68,26 @@ impl Engine {
         };
         upstream.stats.requests.fetch_add(1, Ordering::Relaxed);
         let url = format!("{}://{}/actions/{action}", endpoint.spec.scheme, endpoint.authority);
-        // One trace per run: the run's id (a UUID) is the trace id.
-        let traceparent = format!("00-{}-{:016x}-01", instance_id.replace('-', ""), rand::random::<u64>() | 1);
+        // With tracing on, the call is a span of the trace that started the run; otherwise one trace
+        // per run: the run's id (a UUID) is the trace id.
+        let span = match trace.filter(|_| reskflow_runtime::telemetry::enabled()) {
+            Some(parent) => {
+                let span = tracing::info_span!(
+                    "step",
+                    otel.name = format!("{service}/{action}"),
+                    otel.kind = "client",
+                    workflow.instance_id = instance_id,
+                );
+                reskflow_runtime::telemetry::continue_traceparent(&span, parent);
+                span
+            }
+            None => tracing::Span::none(),
+        };
+        let traceparent = reskflow_runtime::telemetry::traceparent_of(&span)
+            .unwrap_or_else(|| format!("00-{}-{:016x}-01", instance_id.replace('-', ""), rand::random::<u64>() | 1));
         endpoint.start();
         let started = clock::now_ns();
-        let result = self.send(&url, input, key, timeout, &traceparent).await;
+        let result = tracing::Instrument::instrument(self.send(&url, input, key, timeout, &traceparent), span).await;
         let elapsed = Duration::from_nanos(clock::now_ns().saturating_sub(started));
         let done = clock::now_ms();
         endpoint.finish(elapsed, done);
@@ -189,7 +212,10 @@ impl Engine {
             _ => (&step.service, &step.action, &step.input, step.timeout, run.step_key(id, def, task.step)),
         };
         let outcome = match template.render(&vars) {
-            Ok(input) => self.call(service, action, &input, &key, timeout, id).await,
+            Ok(input) => {
+                let of = RunRef { instance_id: id, trace: run.trace.as_deref() };
+                self.call(service, action, &input, &key, timeout, of).await
+            }
             Err(e) => {
                 Err(StepError { kind: RetryOn::ClientError, message: format!("rendering the input failed: {e}") })
             }
