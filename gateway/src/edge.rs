@@ -54,7 +54,7 @@ const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-reskflow-route");
 /// Every REST resource of `rest::*` (keep in step with the routers there).
 const MANAGEMENT_PREFIXES: [&str; 6] =
     ["/api/registry", "/api/workflows", "/api/saga", "/api/circuit-breakers", "/api/dataplane", "/api/gateway"];
-const OPEN_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/api/openapi.json"];
+const OPEN_PATHS: [&str; 5] = ["/health", "/ready", "/metrics", "/api/openapi.json", "/ui"];
 
 fn is_management(path: &str) -> bool {
     OPEN_PATHS.contains(&path)

@@ -133,6 +133,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(health))
         .routes(routes!(ready))
         .routes(routes!(openapi_json))
+        .routes(routes!(dashboard))
         .split_for_parts()
 }
 
@@ -147,6 +148,25 @@ pub fn openapi_document() -> &'static serde_json::Value {
     responses((status = 200, description = "OpenAPI 3.1", body = openapi::Document)))]
 async fn openapi_json() -> Json<&'static serde_json::Value> {
     Json(openapi_document())
+}
+
+/// The web dashboard: services and instances with live health, the dependency graph, circuit
+/// breakers, workflow runs with each run's step timeline. One static page reading this REST API.
+#[utoipa::path(get, path = "/ui", tag = "operations",
+    responses((status = 200, description = "The dashboard (HTML)", content_type = "text/html", body = String)))]
+async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
+                 img-src 'self' data:; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        include_str!("../ui/index.html"),
+    )
 }
 
 /// Liveness: the process serves.
