@@ -106,9 +106,15 @@ where
         let started = Instant::now();
         let metrics = self.metrics.clone();
         // One span per call, continuing the caller's trace (traceparent in the metadata).
-        let name = method.trim_start_matches('/');
-        let span = tracing::info_span!("grpc", otel.name = name, otel.kind = "server", rpc.system = "grpc");
-        reskflow_runtime::telemetry::continue_trace(&span, req.headers());
+        // Only while spans are exported: this is every call's path.
+        let span = if reskflow_runtime::telemetry::enabled() {
+            let name = method.trim_start_matches('/');
+            let span = tracing::info_span!("grpc", otel.name = name, otel.kind = "server", rpc.system = "grpc");
+            reskflow_runtime::telemetry::continue_trace(&span, req.headers());
+            span
+        } else {
+            tracing::Span::none()
+        };
         let future = span.in_scope(|| self.inner.call(req));
         Box::pin(tracing::Instrument::instrument(
             async move {

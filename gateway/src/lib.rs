@@ -190,6 +190,9 @@ pub fn router(state: AppState, config: &Config) -> Router {
 /// caller's trace (`traceparent`); the control plane's spans for the gRPC calls it makes are its
 /// children.
 async fn trace_request(req: Request, next: Next) -> Response {
+    if !reskflow_runtime::telemetry::enabled() {
+        return next.run(req).await;
+    }
     let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str());
     let name = format!("{} {route}", req.method());
     let span = tracing::info_span!(

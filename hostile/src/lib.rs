@@ -24,7 +24,9 @@ use reskflow_proto::pb::registry::v1 as pb;
 use reskflow_proto::registry::{DiscoverQuery, Heartbeat, Instance, SearchQuery, Service};
 use reskflow_proto::route::{Route, RouteFile};
 use reskflow_sidecar::routing::{fill_target, normalize, RouteTable};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::fmt::Debug;
 
 /// A check: arbitrary bytes in, a panic when an invariant breaks.
 pub type Check = fn(&[u8]);
@@ -75,6 +77,11 @@ pub fn workflow_definition(data: &[u8]) {
             }
         }
     }
+    saga(text);
+}
+
+/// A saga is checked as a definition of its own (its steps, calls and templates).
+fn saga(text: &str) {
     match SagaRequest::parse(text) {
         Err(invalid) => named(&invalid, text),
         Ok(saga) => {
@@ -82,6 +89,30 @@ pub fn workflow_definition(data: &[u8]) {
                 named(&invalid, text);
             }
         }
+    }
+}
+
+/// A registry object's body (`T`, whose gRPC message is `P`): read as the gateway reads it, checked
+/// as the control plane checks it, and, when accepted, unchanged by the trip through gRPC.
+fn registry_body<T, P>(body: &[u8], check: impl FnOnce(&mut T) -> Result<(), Invalid>)
+where
+    T: DeserializeOwned + Clone + PartialEq + Debug + Into<P> + TryFrom<P>,
+    <T as TryFrom<P>>::Error: Debug,
+{
+    match parse_json_body::<T>(Some("application/json"), body) {
+        Err(e) => named_api(&e, body),
+        Ok(mut value) => match check(&mut value) {
+            Err(invalid) => named(&invalid, &String::from_utf8_lossy(body)),
+            Ok(()) => {
+                let back = T::try_from(value.clone().into());
+                assert_eq!(
+                    back.as_ref().ok(),
+                    Some(&value),
+                    "{} changes through gRPC: {back:?}",
+                    std::any::type_name::<T>()
+                );
+            }
+        },
     }
 }
 
@@ -200,27 +231,9 @@ pub fn rest_body(data: &[u8]) {
     let text = String::from_utf8_lossy(body);
     match which % 9 {
         // POST /api/registry/services, PUT /api/registry/services/{id}
-        0 => match parse_json_body::<Service>(json, body) {
-            Err(e) => named_api(&e, body),
-            Ok(mut service) => match service.normalize() {
-                Err(invalid) => named(&invalid, &text),
-                Ok(()) => {
-                    let back = Service::try_from(pb::Service::from(service.clone()));
-                    assert_eq!(back.as_ref().ok(), Some(&service), "a service changes through gRPC: {back:?}");
-                }
-            },
-        },
+        0 => registry_body::<Service, pb::Service>(body, Service::normalize),
         // POST /api/registry/instances
-        1 => match parse_json_body::<Instance>(json, body) {
-            Err(e) => named_api(&e, body),
-            Ok(mut instance) => match instance.normalize(None) {
-                Err(invalid) => named(&invalid, &text),
-                Ok(()) => {
-                    let back = Instance::try_from(pb::Instance::from(instance.clone()));
-                    assert_eq!(back.as_ref().ok(), Some(&instance), "an instance changes through gRPC: {back:?}");
-                }
-            },
-        },
+        1 => registry_body::<Instance, pb::Instance>(body, |i| i.normalize(None)),
         // POST|PUT /api/registry/instances/{id}/heartbeat
         2 => {
             if let Err(e) = parse_json_body::<Heartbeat>(json, body) {
@@ -228,27 +241,9 @@ pub fn rest_body(data: &[u8]) {
             }
         }
         // POST /api/registry/discover
-        3 => match parse_json_body::<DiscoverQuery>(json, body) {
-            Err(e) => named_api(&e, body),
-            Ok(query) => match query.validate() {
-                Err(invalid) => named(&invalid, &text),
-                Ok(()) => {
-                    let back = DiscoverQuery::try_from(pb::DiscoverRequest::from(query.clone()));
-                    assert_eq!(back.as_ref().ok(), Some(&query), "a discovery query changes through gRPC: {back:?}");
-                }
-            },
-        },
+        3 => registry_body::<DiscoverQuery, pb::DiscoverRequest>(body, |q| q.validate()),
         // POST /api/registry/search
-        4 => match parse_json_body::<SearchQuery>(json, body) {
-            Err(e) => named_api(&e, body),
-            Ok(query) => match query.validate() {
-                Err(invalid) => named(&invalid, &text),
-                Ok(()) => {
-                    let back = SearchQuery::try_from(pb::SearchRequest::from(query.clone()));
-                    assert_eq!(back.as_ref().ok(), Some(&query), "a search changes through gRPC: {back:?}");
-                }
-            },
-        },
+        4 => registry_body::<SearchQuery, pb::SearchRequest>(body, |q| q.validate()),
         // POST /api/gateway/routes (one route) and PUT /api/gateway/routes (all of them)
         5 => match parse_json_body::<Value>(json, body) {
             Err(e) => named_api(&e, body),
@@ -277,14 +272,7 @@ pub fn rest_body(data: &[u8]) {
         // POST /api/saga/execute
         _ => match parse_json_body::<Value>(json, body) {
             Err(e) => named_api(&e, body),
-            Ok(value) => match SagaRequest::parse(&value.to_string()) {
-                Err(invalid) => named(&invalid, &text),
-                Ok(saga) => {
-                    if let Err(invalid) = Definition::compile(saga.workflow()) {
-                        named(&invalid, &text);
-                    }
-                }
-            },
+            Ok(value) => saga(&value.to_string()),
         },
     }
 }

@@ -27,6 +27,18 @@ async fn service_with(client: &Client, id: &str, backends: &[&EchoBackend]) {
 }
 
 /// Sends raw HTTP/1.1 (no client-side path cleanup) and returns the status and the body.
+/// Puts the route `/api/orders/*` -> orders and waits until it answers through `gw`.
+async fn orders_route(gw: &Gateway) {
+    let (status, body) =
+        gw.put("/api/gateway/routes/orders", json!({ "path": "/api/orders/*", "serviceId": "orders" })).await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the route", WAIT, || async {
+        let (status, _, _) = get_with(gw, "/api/orders/1", &[]).await;
+        (status == 200).then_some(())
+    })
+    .await;
+}
+
 async fn raw(gateway: &Gateway, request_line: &str, headers: &str) -> (u16, Value) {
     let addr = gateway.url.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -870,14 +882,7 @@ async fn smuggling_oversized_heads_and_slow_clients_are_refused() {
     let orders = EchoBackend::start("orders-1").await;
     service_with(&client, "orders", &[&orders]).await;
     let gw = Gateway::start_with(&cp, &[("HEADER_READ_TIMEOUT", "1s"), ("MAX_HEADER_BYTES", "16384")]).await;
-    let (status, _) =
-        gw.put("/api/gateway/routes/orders", json!({ "path": "/api/orders/*", "serviceId": "orders" })).await;
-    assert_eq!(status, 200);
-    eventually("the route", WAIT, || async {
-        let (status, _, _) = get_with(&gw, "/api/orders/1", &[]).await;
-        (status == 200).then_some(())
-    })
-    .await;
+    orders_route(&gw).await;
     let addr = gw.url.trim_start_matches("http://").to_string();
     let exchange = |request: Vec<u8>| {
         let addr = addr.clone();
@@ -923,14 +928,7 @@ async fn with_the_control_plane_down_a_gateway_keeps_routing_and_restarts_from_i
     let orders = EchoBackend::start("orders-1").await;
     service_with(&client, "orders", &[&orders]).await;
     let mut gw = Gateway::start(&cp).await;
-    let (status, _) =
-        gw.put("/api/gateway/routes/orders", json!({ "path": "/api/orders/*", "serviceId": "orders" })).await;
-    assert_eq!(status, 200);
-    eventually("the route", WAIT, || async {
-        let (status, _, _) = get_with(&gw, "/api/orders/1", &[]).await;
-        (status == 200).then_some(())
-    })
-    .await;
+    orders_route(&gw).await;
 
     cp.process.kill().await;
     let (status, _, body) = get_with(&gw, "/api/orders/2", &[]).await;

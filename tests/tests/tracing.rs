@@ -74,6 +74,28 @@ async fn collector() -> (Spans, Vec<(String, String)>) {
     (spans, otel)
 }
 
+/// The spans received so far of trace `trace_id`.
+fn spans_of(spans: &Spans, trace_id: &str) -> Vec<Span> {
+    spans.lock().expect("spans").iter().filter(|s| s.trace_id == trace_id).cloned().collect()
+}
+
+/// POSTs `body` to the gateway as a caller in trace `trace_id` whose span is `caller`.
+async fn post_traced(
+    gw: &Gateway,
+    path: &str,
+    body: serde_json::Value,
+    trace_id: &str,
+    caller: &str,
+) -> reqwest::Response {
+    gw.http()
+        .post(format!("{}{path}", gw.url))
+        .header("traceparent", format!("00-{trace_id}-{caller}-01"))
+        .json(&body)
+        .send()
+        .await
+        .expect("the gateway answers")
+}
+
 #[tokio::test]
 async fn a_rest_call_is_one_trace_across_the_gateway_and_the_control_plane() {
     let (spans, otel) = collector().await;
@@ -84,21 +106,13 @@ async fn a_rest_call_is_one_trace_across_the_gateway_and_the_control_plane() {
     // The caller's trace: its id and the caller's span id.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller = "00f067aa0ba902b7";
-    let response = gw
-        .http()
-        .post(format!("{}/api/registry/services", gw.url))
-        .header("traceparent", format!("00-{trace_id}-{caller}-01"))
-        .json(&json!({ "id": "traced" }))
-        .send()
-        .await
-        .expect("the gateway answers");
+    let response = post_traced(&gw, "/api/registry/services", json!({ "id": "traced" }), trace_id, caller).await;
     assert_eq!(response.status(), 201);
 
     let trace = eventually("the spans of both processes", Duration::from_secs(20), || {
         let spans = spans.clone();
         async move {
-            let trace: Vec<Span> =
-                spans.lock().expect("spans").iter().filter(|s| s.trace_id == trace_id).cloned().collect();
+            let trace = spans_of(&spans, trace_id);
             let has = |service: &str| trace.iter().any(|s| s.service == service);
             (has("gateway") && has("control-plane")).then_some(trace)
         }
@@ -201,14 +215,7 @@ async fn a_workflow_run_is_one_trace_from_the_gateway_through_its_steps_and_a_si
 
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let caller = "b7ad6b7169203331";
-    let response = gw
-        .http()
-        .post(format!("{}/api/workflows/traced/execute", gw.url))
-        .header("traceparent", format!("00-{trace_id}-{caller}-01"))
-        .json(&json!({ "input": {} }))
-        .send()
-        .await
-        .expect("the gateway answers");
+    let response = post_traced(&gw, "/api/workflows/traced/execute", json!({ "input": {} }), trace_id, caller).await;
     assert_eq!(response.status(), 202);
     let started: serde_json::Value = response.json().await.expect("JSON");
     let run_id = started["instanceId"].as_str().expect("an instance id").to_string();
@@ -223,8 +230,7 @@ async fn a_workflow_run_is_one_trace_from_the_gateway_through_its_steps_and_a_si
     let trace = eventually("spans of the gateway, the control plane and the sidecar", Duration::from_secs(20), || {
         let spans = spans.clone();
         async move {
-            let trace: Vec<Span> =
-                spans.lock().expect("spans").iter().filter(|s| s.trace_id == trace_id).cloned().collect();
+            let trace = spans_of(&spans, trace_id);
             let step = trace.iter().any(|s| s.name == "orders/reserve");
             (step && wanted.iter().all(|w| trace.iter().any(|s| s.service == *w))).then_some(trace)
         }

@@ -361,7 +361,9 @@ impl Engine {
         let id = uuid::Uuid::now_v7().to_string();
         let now = crate::store::now_ms();
         let mut run = Run::new(input);
-        run.trace = reskflow_runtime::telemetry::traceparent_of(&tracing::Span::current());
+        if reskflow_runtime::telemetry::enabled() {
+            run.trace = reskflow_runtime::telemetry::traceparent_of(&tracing::Span::current());
+        }
         let effects = run.on(&def, &id, Event::Start, &mut jitter);
         let mut t = transition_of(&def, &run, &effects, now)?;
         let deadline_ms = def.spec.timeout.map_or(0, |d| now + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
