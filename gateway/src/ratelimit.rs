@@ -3,9 +3,10 @@
 //! optionally per client IP.
 //!
 //! Locally each route has a keyed `governor` limiter. With `REDIS_URL` the limit is shared by every
-//! gateway replica: one `EVALSHA` of a GCRA script per request, timed by Redis's clock so replicas
-//! agree. When Redis fails (or answers slower than `RATE_LIMIT_REDIS_TIMEOUT`) the gateway stops
-//! asking it for a second and decides by `RATE_LIMIT_REDIS_FAILURE`: `local` (the replica's own
+//! gateway replica: a GCRA script timed by Redis's clock so replicas agree, one `EVALSHA` deciding
+//! every request that arrived while the previous calls were in flight (one round trip each). When
+//! Redis fails (or answers slower than `RATE_LIMIT_REDIS_TIMEOUT`) the gateway stops asking it for
+//! a second and decides by `RATE_LIMIT_REDIS_FAILURE`: `local` (the replica's own
 //! limit), `open` (allow) or `closed` (refuse with 503); the metrics count each such decision.
 
 use std::num::NonZeroU32;
@@ -119,31 +120,48 @@ impl RouteLimiter {
     }
 }
 
-/// GCRA in one round trip. KEYS[1]: the caller's key. ARGV: emission interval and burst tolerance
-/// (µs, may have fractions). Returns {allowed (0/1), remaining, retry after (µs), reset (µs)}.
-/// Redis's own clock, so every replica measures time alike.
+/// GCRA for a batch of requests in one round trip. KEYS: each request's caller key (a key may
+/// come twice: the calls are decided in order). ARGV: per key its emission interval and burst
+/// tolerance (µs, may have fractions). Returns per key {allowed (0/1), remaining, retry after (µs),
+/// reset (µs)}, flattened. Redis's own clock, so every replica measures time alike.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - tolerance - interval
-if now < allow_at then
-  return {0, 0, math.ceil(allow_at - now), math.ceil(tat - now)}
+local out = {}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - tolerance - interval
+  local n = #out
+  if now < allow_at then
+    out[n + 1] = 0
+    out[n + 2] = 0
+    out[n + 3] = math.ceil(allow_at - now)
+    out[n + 4] = math.ceil(tat - now)
+  else
+    redis.call('SET', key, string.format('%.3f', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
+    out[n + 1] = 1
+    out[n + 2] = math.floor((tolerance + interval - (new_tat - now)) / interval)
+    out[n + 3] = 0
+    out[n + 4] = math.ceil(new_tat - now)
+  end
 end
-redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
-local remaining = math.floor((tolerance + interval - (new_tat - now)) / interval)
-return {1, remaining, 0, math.ceil(new_tat - now)}
+return out
 ";
+
+/// Most requests decided by one script call, and most calls in flight at once: requests that
+/// arrive while calls are in flight wait for the next one, so under load a round trip decides
+/// many requests (one Lua call and one reply instead of one each) and at low load a request
+/// goes at once.
+const MAX_BATCH: usize = 64;
+const MAX_IN_FLIGHT: usize = 4;
 
 /// Shared limits in Redis, with the fallback.
 pub struct Shared {
-    conn: redis::aio::ConnectionManager,
-    script: redis::Script,
-    timeout: Duration,
+    asks: tokio::sync::mpsc::UnboundedSender<Ask>,
     failure_mode: FailureMode,
     /// Until when (clock ms) Redis is not asked, after a failure.
     down_until_ms: AtomicU64,
@@ -162,20 +180,85 @@ pub struct SharedStats {
 
 const BACKOFF_MS: u64 = 1_000;
 
-/// The script's answer: allowed (0/1), remaining, retry after (µs), reset (µs).
+/// The script's answer for one request: allowed (0/1), remaining, retry after (µs), reset (µs).
 type GcraAnswer = (u8, u64, u64, u64);
 
+/// One request waiting for its decision.
+struct Ask {
+    key: String,
+    interval_us: f64,
+    tolerance_us: f64,
+    answer: tokio::sync::oneshot::Sender<Result<GcraAnswer, String>>,
+}
+
 impl Shared {
-    /// Limits on `conn` (from `connect_redis`; `up`: whether Redis answered then).
+    /// Limits on `conn` (from `connect_redis`; `up`: whether Redis answered then). Starts the task
+    /// that sends the requests' checks to Redis in batches; it ends when this is dropped.
     pub fn new(conn: redis::aio::ConnectionManager, up: bool, timeout: Duration, failure_mode: FailureMode) -> Shared {
+        let (asks, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(batches(conn, queue, timeout));
         Shared {
-            conn,
-            script: redis::Script::new(GCRA),
-            timeout,
+            asks,
             failure_mode,
             down_until_ms: AtomicU64::new(0),
             up: AtomicBool::new(up),
             stats: SharedStats::default(),
+        }
+    }
+}
+
+/// Takes waiting requests in batches of up to `MAX_BATCH`, with up to `MAX_IN_FLIGHT` script calls
+/// on the (multiplexed) connection at once, and answers each request.
+async fn batches(
+    conn: redis::aio::ConnectionManager,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Ask>,
+    timeout: Duration,
+) {
+    use futures::StreamExt;
+    let script = redis::Script::new(GCRA);
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            ask = queue.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
+                let Some(ask) = ask else { break };
+                let mut batch = Vec::with_capacity(8);
+                batch.push(ask);
+                while batch.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(ask) => batch.push(ask),
+                        Err(_) => break,
+                    }
+                }
+                in_flight.push(decide(conn.clone(), &script, batch, timeout));
+            }
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+        }
+    }
+    while in_flight.next().await.is_some() {}
+}
+
+/// One script call for `batch`; every request gets its answer or the error.
+async fn decide(mut conn: redis::aio::ConnectionManager, script: &redis::Script, batch: Vec<Ask>, timeout: Duration) {
+    let mut invocation = script.prepare_invoke();
+    for ask in &batch {
+        invocation.key(ask.key.as_str()).arg(ask.interval_us).arg(ask.tolerance_us);
+    }
+    let answers = match tokio::time::timeout(timeout, invocation.invoke_async::<Vec<u64>>(&mut conn)).await {
+        Ok(Ok(answers)) if answers.len() == 4 * batch.len() => Ok(answers),
+        Ok(Ok(answers)) => Err(format!("the script answered {} numbers for {} keys", answers.len(), batch.len())),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    };
+    match answers {
+        Ok(answers) => {
+            for (ask, a) in batch.into_iter().zip(answers.chunks_exact(4)) {
+                let _ = ask.answer.send(Ok((u8::from(a[0] == 1), a[1], a[2], a[3])));
+            }
+        }
+        Err(why) => {
+            for ask in batch {
+                let _ = ask.answer.send(Err(why.clone()));
+            }
         }
     }
 }
@@ -224,10 +307,13 @@ impl Shared {
         if now < self.down_until_ms.load(Ordering::Relaxed) {
             return self.fallback(limiter, key);
         }
-        let mut conn = self.conn.clone();
-        let mut invocation = self.script.key(key);
-        invocation.arg(limiter.interval_us).arg(limiter.tolerance_us);
-        let answer = tokio::time::timeout(self.timeout, invocation.invoke_async::<GcraAnswer>(&mut conn)).await;
+        let (answer, decision) = tokio::sync::oneshot::channel();
+        let ask =
+            Ask { key: key.clone(), interval_us: limiter.interval_us, tolerance_us: limiter.tolerance_us, answer };
+        let answer = match self.asks.send(ask) {
+            Ok(()) => decision.await.map_err(|_| "the Redis batch task ended".to_string()),
+            Err(_) => Err("the Redis batch task ended".to_string()),
+        };
         match answer {
             Ok(Ok((allowed, remaining, retry_after_us, reset_us))) => {
                 self.up.store(true, Ordering::Relaxed);
@@ -238,11 +324,7 @@ impl Shared {
                     Decision::Limited { retry_after: Duration::from_micros(retry_after_us), reset }
                 }
             }
-            other => {
-                let why = match other {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {:?}", self.timeout),
-                };
+            Ok(Err(why)) | Err(why) => {
                 if self.up.swap(false, Ordering::Relaxed) {
                     warn!(%why, "Redis rate limit failed; falling back (Redis is retried every second)");
                 }
@@ -306,5 +388,46 @@ mod tests {
         }
         assert!(matches!(l.check_local(&"bob".into()), Decision::Allowed { remaining: 2, .. }), "callers are apart");
         assert_eq!(l.callers(), 2);
+    }
+
+    /// Many checks at once in Redis (batched, one caller several times in a batch), two callers
+    /// under two limits: each gets exactly its allowance, with the remaining counts of a sequence.
+    #[tokio::test]
+    async fn concurrent_checks_in_redis_are_decided_in_batches_exactly() {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let (conn, up) = connect_redis(&url, Duration::from_secs(2)).await.expect("redis");
+        assert!(up, "Redis at {url} must be running for this test");
+        let shared = Arc::new(Shared::new(conn, up, Duration::from_secs(2), FailureMode::Closed));
+        let five = Arc::new(limit(5, "1m"));
+        let twenty = Arc::new(limit(20, "1h"));
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let (a, b) = (format!("test-a-{nanos}"), format!("test-b-{nanos}"));
+        let checks = (0..100).map(|i| {
+            let (shared, limiter, key) = if i % 2 == 0 {
+                (shared.clone(), five.clone(), a.clone())
+            } else {
+                (shared.clone(), twenty.clone(), b.clone())
+            };
+            tokio::spawn(async move { (i % 2, shared.check(&limiter, &key).await) })
+        });
+        let mut remaining = [Vec::new(), Vec::new()];
+        let mut limited = [0, 0];
+        for check in futures::future::join_all(checks).await {
+            match check.expect("task") {
+                (who, Decision::Allowed { remaining: r, .. }) => remaining[who].push(r),
+                (who, Decision::Limited { retry_after, .. }) => {
+                    assert!(retry_after > Duration::ZERO);
+                    limited[who] += 1;
+                }
+                (_, Decision::Unavailable) => panic!("Redis failed"),
+            }
+        }
+        for r in &mut remaining {
+            r.sort_unstable();
+        }
+        assert_eq!(remaining[0], (0..5).collect::<Vec<u32>>());
+        assert_eq!(remaining[1], (0..20).collect::<Vec<u32>>());
+        assert_eq!(limited, [45, 30]);
+        assert_eq!(shared.stats.redis_errors.load(Ordering::Relaxed), 0);
     }
 }

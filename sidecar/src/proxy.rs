@@ -261,10 +261,10 @@ impl Proxy {
             let result = tokio::time::timeout(per_try, async {
                 if http2 {
                     let response = self.http2.request(request).await.map_err(SendFailure::Legacy)?;
-                    Ok(response.map(|b| Either::Left(Either::Right(b))))
+                    Ok::<_, SendFailure>(response.map(|b| Either::Left(Either::Right(b))))
                 } else {
                     let response = client::send(&endpoint, request).await.map_err(SendFailure::Http1)?;
-                    buffer_small(response).await
+                    Ok(response.map(|b| Either::Left(Either::Left(b))))
                 }
             })
             .await;
@@ -366,22 +366,6 @@ impl Proxy {
             None => breaker_open(upstream, rejected),
         }
     }
-}
-
-/// Answers up to this size (by `Content-Length`) are read whole before the head is passed on, as
-/// nginx's proxy buffering does: the caller then gets head and body in one write (one packet for a
-/// small answer, not two), and the upstream connection is free again at once.
-const BUFFER_UP_TO: u64 = 64 * 1024;
-
-async fn buffer_small(response: Response<PooledBody>) -> Result<Response<ProxyBody>, SendFailure> {
-    use http_body_util::BodyExt;
-    let small = response.body().size_hint().exact().is_some_and(|n| n > 0 && n <= BUFFER_UP_TO);
-    if !small {
-        return Ok(response.map(|b| Either::Left(Either::Left(b))));
-    }
-    let (head, body) = response.into_parts();
-    let bytes = body.collect().await.map_err(|e| SendFailure::Http1(client::SendError::Http(e)))?.to_bytes();
-    Ok(Response::from_parts(head, Either::Right(Full::new(bytes))))
 }
 
 /// Limits on what a client may send before its request is handled.

@@ -249,6 +249,7 @@ impl EchoBackend {
                         "traceparent": parts.headers.get("traceparent").and_then(|v| v.to_str().ok()),
                         "headers": headers,
                         "body": String::from_utf8_lossy(&body),
+                        "bodyBytes": body.len(),
                     });
                     let status = if failing { 500 } else { 200 };
                     // `?delay-ms=N` answers after N ms; `?cache-control=V` sends that Cache-Control.
@@ -264,7 +265,24 @@ impl EchoBackend {
                     if let Some(ms) = param("delay-ms").and_then(|v| v.parse::<u64>().ok()) {
                         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                     }
-                    let mut response = hyper::Response::new(Full::new(bytes::Bytes::from(body.to_string())));
+                    // `?bytes=N` answers N bytes `x` with a Content-Length; `?stream-bytes=N` the
+                    // same in 4 KiB chunks without one (chunked).
+                    let bytes_param = |name: &str| param(name).and_then(|v| v.parse::<usize>().ok());
+                    let body = if let Some(n) = bytes_param("bytes") {
+                        http_body_util::Either::Left(Full::new(bytes::Bytes::from(vec![b'x'; n])))
+                    } else if let Some(n) = bytes_param("stream-bytes") {
+                        let chunks = (0..n.div_ceil(4096)).map(move |i| {
+                            let len = (n - i * 4096).min(4096);
+                            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(vec![
+                                b'x';
+                                len
+                            ])))
+                        });
+                        http_body_util::Either::Right(http_body_util::StreamBody::new(futures::stream::iter(chunks)))
+                    } else {
+                        http_body_util::Either::Left(Full::new(bytes::Bytes::from(body.to_string())))
+                    };
+                    let mut response = hyper::Response::new(body);
                     *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
                     response
                         .headers_mut()

@@ -471,6 +471,16 @@ async fn two_replicas_share_one_per_user_limit_through_redis() {
     let (status, headers, _) = get_with(&b, "/api/limited/x", &[("authorization", &bob)]).await;
     assert_eq!(status, 200);
     assert_eq!(headers["ratelimit-remaining"], "2");
+
+    // A burst all at once, over both replicas (decided in batches, one caller many times in a
+    // batch): still exactly the allowance.
+    let carol = format!("Bearer {}", hs256(&json!({ "sub": unique("carol"), "exp": now() + 600 }), SECRET));
+    let as_carol = [("authorization", carol.as_str())];
+    let burst = (0..40).map(|i| get_with(if i % 2 == 0 { &a } else { &b }, "/api/limited/x", &as_carol));
+    let statuses: Vec<u16> = futures::future::join_all(burst).await.into_iter().map(|(status, _, _)| status).collect();
+    let allowed = statuses.iter().filter(|&&s| s == 200).count();
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!((allowed, limited), (5, 35), "{statuses:?}");
 }
 
 #[tokio::test]

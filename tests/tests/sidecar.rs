@@ -333,3 +333,62 @@ async fn grpc_goes_through_the_sidecar_over_http2_and_sigterm_deregisters_the_in
     assert!(status.success(), "{status:?}");
     assert!(client.list_instances("inventory").await.expect("instances").is_empty());
 }
+
+#[tokio::test]
+async fn bodies_stream_through_the_sidecar_both_ways_whatever_their_framing() {
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    service(&client, "files", Value::Null).await;
+    let backend = EchoBackend::start("files-a").await;
+    instance(&client, "files", &backend).await;
+    let sidecar = Sidecar::start(&cp, &[("UPSTREAMS", "files")]).await;
+    ready(&sidecar).await;
+    eventually("the sidecar routes to files", WAIT, || async {
+        (sidecar.get("/files/x").await.0 == 200).then_some(())
+    })
+    .await;
+    let http = reqwest::Client::new();
+
+    // Answers: with a Content-Length (small: read whole; large: streamed) and chunked (small, large).
+    for (query, n, chunked) in [
+        ("bytes=10", 10, false),
+        ("bytes=300000", 300_000, false),
+        ("stream-bytes=100", 100, true),
+        ("stream-bytes=300000", 300_000, true),
+    ] {
+        let response = http.get(format!("{}/files/x?{query}", sidecar.outbound)).send().await.expect("answer");
+        assert_eq!(response.status(), 200, "{query}");
+        assert_eq!(response.headers().contains_key("content-length"), !chunked, "{query}");
+        let body = response.bytes().await.expect("body");
+        assert!(body.len() == n && body.iter().all(|&b| b == b'x'), "{query}: {} bytes", body.len());
+    }
+
+    // Uploads: with a Content-Length, and chunked (a stream of unknown length), large and empty.
+    let big = "y".repeat(200_000);
+    let response = http.post(format!("{}/files/up", sidecar.outbound)).body(big.clone()).send().await.expect("answer");
+    let echoed: Value = response.json().await.expect("json");
+    assert_eq!(echoed["bodyBytes"], 200_000);
+    assert_eq!(echoed["headers"]["content-length"], "200000");
+    let pieces: Vec<Result<String, std::io::Error>> = (0..50).map(|i| Ok(format!("{i:04}-").repeat(1000))).collect();
+    let response = http
+        .put(format!("{}/files/up", sidecar.outbound))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)))
+        .send()
+        .await
+        .expect("answer");
+    let echoed: Value = response.json().await.expect("json");
+    assert_eq!(echoed["method"], "PUT");
+    assert_eq!(echoed["bodyBytes"], 250_000);
+    assert_eq!(echoed["headers"]["transfer-encoding"], "chunked");
+    let body = echoed["body"].as_str().unwrap_or("");
+    assert!(body.starts_with("0000-0000-") && body.ends_with("0049-0049-"), "in order");
+    let response = http.post(format!("{}/files/empty", sidecar.outbound)).send().await.expect("answer");
+    let echoed: Value = response.json().await.expect("json");
+    assert_eq!((echoed["bodyBytes"].clone(), echoed["headers"]["content-length"].clone()), (json!(0), json!("0")));
+
+    // HEAD: the head only, with the length a GET would have.
+    let response = http.head(format!("{}/files/x?bytes=1234", sidecar.outbound)).send().await.expect("answer");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-length"], "1234");
+    assert!(response.bytes().await.expect("body").is_empty());
+}
