@@ -7,7 +7,8 @@
 #   3. a cached route (every request a hit)                                          -> cache.md
 #   then the cold start to the first proxied 200 (startup.txt).
 #
-#   bench/gateway.sh        Knobs: ROUNDS=3 DURATION=10s (passed to proxy-compare.sh), SKIP_C1=0
+#   bench/gateway.sh        Knobs: ROUNDS=3 DURATION=10s (passed to proxy-compare.sh), SKIP_C1=0,
+#                           BASELINE=path/to/an/older/gateway (measured in the same runs as "baseline")
 #
 # Every target gets the same `Authorization: Bearer <token>` header (nginx and HAProxy ignore it): the
 # kit's proxy-compare.sh and lib.sh are copied and its wrk script gets the header, nothing else
@@ -40,11 +41,11 @@ mkdir -p "$OUT/cp"
 (cd "$OUT/cp" && GRPC_ADDR=127.0.0.1:15191 METRICS_ADDR=127.0.0.1:0 DATABASE_URL=sqlite://reskflow.db RUST_LOG=warn exec "$BIN/control-plane") >"$OUT/cp/log" 2>&1 &
 pids+=($!); wait_port 15191
 
-start_gateway() { # start_gateway NAME PORT [ENV=VALUE...]
+start_gateway() { # start_gateway NAME PORT [ENV=VALUE...]; GATEWAY_BIN overrides the binary
     local name=$1 port=$2; shift 2
     mkdir -p "$OUT/$name"
     (cd "$OUT/$name" && env PORT="$port" BIND_ADDR=127.0.0.1 ORCHESTRATION_URL=http://127.0.0.1:15191 \
-        WORKER_THREADS=1 JWT_SECRET="$SECRET" RUST_LOG=warn "$@" "$BIN/gateway") >"$OUT/$name/log" 2>&1 &
+        WORKER_THREADS=1 JWT_SECRET="$SECRET" RUST_LOG=warn "$@" "${GATEWAY_BIN:-$BIN/gateway}") >"$OUT/$name/log" 2>&1 &
     pids+=($!); wait_port "$port"
 }
 start_gateway gw 18090
@@ -56,9 +57,16 @@ api POST /api/registry/instances '{"id":"backend-18080","serviceId":"bench","add
 api PUT /api/gateway/routes '{"routes":[{"id":"bench","path":"/api/*","serviceId":"bench","authentication":true,"authorization":["customer"],"rateLimit":{"requests":10000000,"window":"1s"}},{"id":"cached","path":"/api/cached/*","serviceId":"bench","authentication":true,"authorization":["customer"],"rateLimit":{"requests":10000000,"window":"1s"},"cache":{"ttl":300}}]}'
 for _ in $(seq 100); do [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" http://127.0.0.1:18090/api/bench) == 200 ]] && break; sleep 0.1; done
 
-OUT="$OUT/c50" "$KIT/proxy-compare.sh" direct=18080 nginx=18081 haproxy=18082 gateway=18090 | tee "$OUT/c50.md"
+ready() { for _ in $(seq 100); do [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" "http://127.0.0.1:$1/api/bench") == 200 ]] && break; sleep 0.1; done; }
+targets=(direct=18080 nginx=18081 haproxy=18082 gateway=18090)
+if [[ -n ${BASELINE:-} ]]; then
+    GATEWAY_BIN=$BASELINE start_gateway baseline 18092
+    ready 18092
+    targets+=(baseline=18092)
+fi
+OUT="$OUT/c50" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/c50.md"
 if [[ ${SKIP_C1:-0} != 1 ]]; then
-    CONNS=1 OUT="$OUT/c1" "$KIT/proxy-compare.sh" direct=18080 nginx=18081 haproxy=18082 gateway=18090 | tee "$OUT/c1.md"
+    CONNS=1 OUT="$OUT/c1" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/c1.md"
 fi
 
 # Cache hits: every request after the first is answered from the gateway's cache.
@@ -66,8 +74,14 @@ URLPATH=/api/cached/item OUT="$OUT/cache" "$KIT/proxy-compare.sh" direct=18080 n
 
 # The same route with the limit in Redis (a second gateway; same control plane).
 start_gateway gw-redis 18091 REDIS_URL="$REDIS_URL"
-for _ in $(seq 100); do [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" http://127.0.0.1:18091/api/bench) == 200 ]] && break; sleep 0.1; done
-OUT="$OUT/redis" "$KIT/proxy-compare.sh" direct=18080 nginx=18081 gateway-redis=18091 | tee "$OUT/redis.md"
+ready 18091
+targets=(direct=18080 nginx=18081 gateway-redis=18091)
+if [[ -n ${BASELINE:-} ]]; then
+    GATEWAY_BIN=$BASELINE start_gateway baseline-redis 18093 REDIS_URL="$REDIS_URL"
+    ready 18093
+    targets+=(baseline-redis=18093)
+fi
+OUT="$OUT/redis" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/redis.md"
 echo "gateway-redis fallback: $(curl -s -H "Authorization: $AUTH" http://127.0.0.1:18091/api/gateway/metrics | grep -o '"redis":{[^}]*}')" | tee -a "$OUT/results.txt"
 
 # Cold start: exec to the first proxied 200, with the routes and endpoints from the saved config

@@ -3,7 +3,8 @@
 # (../shared/bench), in one interleaved run of ../shared/bench/proxy-compare.sh; then its memory idle
 # and with 1,000 endpoints configured.
 #
-#   bench/sidecar.sh        Knobs: ROUNDS=3 DURATION=10s (passed to proxy-compare.sh), SKIP_C1=0
+#   bench/sidecar.sh        Knobs: ROUNDS=3 DURATION=10s (passed to proxy-compare.sh), SKIP_C1=0,
+#                           BASELINE=path/to/an/older/sidecar (measured in the same run as "baseline")
 #
 # The sidecar runs on one worker thread (WORKER_THREADS=1), as nginx and HAProxy run on one worker.
 # It learns the backend from a control plane (SQLite) where the script registers service "bench" with
@@ -26,9 +27,9 @@ api() { curl -fsS -X "$1" "http://127.0.0.1:15092$2" -H 'content-type: applicati
 api POST /api/registry/services '{"id":"bench"}'
 api POST /api/registry/instances '{"id":"backend-18080","serviceId":"bench","address":"127.0.0.1","port":18080}'
 
-start_sidecar() { # start_sidecar DIR OUTBOUND ADMIN UPSTREAMS
+start_sidecar() { # start_sidecar DIR OUTBOUND ADMIN UPSTREAMS [BINARY]
     (cd "$1" && OUTBOUND_ADDR=127.0.0.1:$2 ADMIN_ADDR=127.0.0.1:$3 ORCHESTRATION_URL=http://127.0.0.1:15091 \
-        UPSTREAMS=$4 DEFAULT_UPSTREAM=bench NODE_ID=bench-$2 WORKER_THREADS=1 RUST_LOG=warn exec "$BIN/sidecar") >"$1/log" 2>&1 &
+        UPSTREAMS=$4 DEFAULT_UPSTREAM=bench NODE_ID=bench-$2 WORKER_THREADS=1 RUST_LOG=warn exec "${5:-$BIN/sidecar}") >"$1/log" 2>&1 &
     pids+=($!)
     for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$3/ready" && return 0; sleep 0.05; done
     log "sidecar on :$2 not ready"; cat "$1/log"; exit 1
@@ -38,9 +39,15 @@ sidecar_pid=${pids[-1]}
 idle=$(rss_kb "$sidecar_pid")
 echo "sidecar idle_rss_kb=$idle" | tee -a "$OUT/results.txt"
 
-OUT="$OUT/c50" "$SHARED/proxy-compare.sh" direct=18080 nginx=18081 haproxy=18082 sidecar=18084 | tee "$OUT/c50.md"
+targets=(direct=18080 nginx=18081 haproxy=18082 sidecar=18084)
+if [[ -n ${BASELINE:-} ]]; then
+    mkdir -p "$OUT/baseline"
+    start_sidecar "$OUT/baseline" 18088 18089 bench "$BASELINE"
+    targets+=(baseline=18088)
+fi
+OUT="$OUT/c50" "$SHARED/proxy-compare.sh" "${targets[@]}" | tee "$OUT/c50.md"
 if [[ ${SKIP_C1:-0} != 1 ]]; then
-    CONNS=1 OUT="$OUT/c1" "$SHARED/proxy-compare.sh" direct=18080 nginx=18081 haproxy=18082 sidecar=18084 | tee "$OUT/c1.md"
+    CONNS=1 OUT="$OUT/c1" "$SHARED/proxy-compare.sh" "${targets[@]}" | tee "$OUT/c1.md"
 fi
 echo "sidecar after_load_rss_kb=$(rss_kb "$sidecar_pid")" | tee -a "$OUT/results.txt"
 

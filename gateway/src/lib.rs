@@ -235,6 +235,8 @@ async fn gateway_metrics(State(state): State<AppState>) -> Json<serde_json::Valu
         body["redis"] = serde_json::json!({
             "healthy": shared.healthy(),
             "errors": shared.stats.redis_errors.load(Ordering::Relaxed),
+            "calls": shared.stats.redis_calls.load(Ordering::Relaxed),
+            "checks": shared.stats.redis_checks.load(Ordering::Relaxed),
             "fallbackDecisions": shared.stats.fallback_decisions.load(Ordering::Relaxed),
         });
     }
@@ -285,6 +287,14 @@ async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
         let _ = writeln!(out, "# TYPE reskflow_gateway_redis_errors_total counter");
         let _ =
             writeln!(out, "reskflow_gateway_redis_errors_total {}", shared.stats.redis_errors.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP reskflow_gateway_redis_calls_total Rate limit script calls to Redis.");
+        let _ = writeln!(out, "# TYPE reskflow_gateway_redis_calls_total counter");
+        let _ =
+            writeln!(out, "reskflow_gateway_redis_calls_total {}", shared.stats.redis_calls.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP reskflow_gateway_redis_checks_total Requests whose limit Redis decided.");
+        let _ = writeln!(out, "# TYPE reskflow_gateway_redis_checks_total counter");
+        let _ =
+            writeln!(out, "reskflow_gateway_redis_checks_total {}", shared.stats.redis_checks.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP reskflow_gateway_rate_limit_fallback_total Limits decided without Redis.");
         let _ = writeln!(out, "# TYPE reskflow_gateway_rate_limit_fallback_total counter");
         let _ = writeln!(
