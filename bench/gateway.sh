@@ -55,9 +55,9 @@ api POST /api/registry/instances '{"id":"backend-18080","serviceId":"bench","add
 # Every path: authenticated, 10 million requests a second per user (never reached: the check runs).
 # /api/cached/* is the same with a 5-minute cache.
 api PUT /api/gateway/routes '{"routes":[{"id":"bench","path":"/api/*","serviceId":"bench","authentication":true,"authorization":["customer"],"rateLimit":{"requests":10000000,"window":"1s"}},{"id":"cached","path":"/api/cached/*","serviceId":"bench","authentication":true,"authorization":["customer"],"rateLimit":{"requests":10000000,"window":"1s"},"cache":{"ttl":300}}]}'
-for _ in $(seq 100); do [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" http://127.0.0.1:18090/api/bench) == 200 ]] && break; sleep 0.1; done
-
 ready() { for _ in $(seq 100); do [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" "http://127.0.0.1:$1/api/bench") == 200 ]] && break; sleep 0.1; done; }
+ready 18090
+
 targets=(direct=18080 nginx=18081 haproxy=18082 gateway=18090)
 if [[ -n ${BASELINE:-} ]]; then
     GATEWAY_BIN=$BASELINE start_gateway baseline 18092

@@ -158,8 +158,7 @@ pub async fn send(endpoint: &Arc<Endpoint>, req: Request<RequestBody>) -> Result
     };
     let framing = match (&whole, &stream) {
         (Some(bytes), _) => Framing::Length(bytes.len() as u64),
-        (None, Some(s)) => s.size_hint().exact().map_or(Framing::Chunked, Framing::Length),
-        (None, None) => Framing::Length(0),
+        (None, s) => s.as_ref().and_then(|s| s.size_hint().exact()).map_or(Framing::Chunked, Framing::Length),
     };
     let mut out = Vec::with_capacity(512);
     write_head(&mut out, endpoint, &parts, framing);
@@ -186,7 +185,7 @@ pub async fn send(endpoint: &Arc<Endpoint>, req: Request<RequestBody>) -> Result
                         if head.reusable && conn.buf.is_empty() {
                             endpoint.pool.put(conn);
                         }
-                        PooledBody { inner: Inner::Whole(Some(bytes)) }
+                        PooledBody::whole(bytes)
                     }
                     Plan::Stream(decoder) => PooledBody {
                         inner: Inner::Stream(Box::new(Streaming {
