@@ -19,7 +19,8 @@ OUT=${OUT:-$ROOT/bench/results/gateway-$(date +%Y%m%d-%H%M%S)}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 mkdir -p "$OUT"
 
-cargo build --release --locked -q -p reskflow-control-plane -p reskflow-gateway --manifest-path "$ROOT/Cargo.toml"
+# The same packages as sidecar.sh builds: one feature set, so neither script rebuilds the other's binaries.
+cargo build --release --locked -q -p reskflow-control-plane -p reskflow-gateway -p reskflow-sidecar --manifest-path "$ROOT/Cargo.toml"
 
 ensure_http
 
@@ -70,7 +71,9 @@ if [[ ${SKIP_C1:-0} != 1 ]]; then
 fi
 
 # Cache hits: every request after the first is answered from the gateway's cache.
-URLPATH=/api/cached/item OUT="$OUT/cache" "$KIT/proxy-compare.sh" direct=18080 nginx=18081 gateway-cache=18090 | tee "$OUT/cache.md"
+targets=(direct=18080 nginx=18081 gateway-cache=18090)
+[[ -n ${BASELINE:-} ]] && targets+=(baseline-cache=18092)
+URLPATH=/api/cached/item OUT="$OUT/cache" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/cache.md"
 
 # The same route with the limit in Redis (a second gateway; same control plane).
 start_gateway gw-redis 18091 REDIS_URL="$REDIS_URL"

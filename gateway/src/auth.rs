@@ -163,7 +163,7 @@ pub struct Authenticator {
     leeway: Duration,
     /// Tokens verified lately, by the whole token (compared in full, never by a hash of it), kept
     /// until their `exp` and at most `VERIFIED_FOR`: a client sends the same token many times.
-    verified: moka::sync::Cache<String, Arc<Identity>>,
+    verified: moka::sync::Cache<String, Arc<Identity>, foldhash::fast::RandomState>,
 }
 
 /// How long a verified token is trusted without checking it again (a key removed from the JWKS
@@ -346,7 +346,7 @@ impl Authenticator {
                 .max_capacity(16 * 1024 * 1024)
                 .weigher(|token: &String, _| u32::try_from(token.len() + 256).unwrap_or(u32::MAX))
                 .expire_after(UntilExpiry)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             leeway: config.jwt_leeway,
         };
         if let Some(path) = jwks_file {

@@ -96,7 +96,8 @@ impl Edge {
         };
         if is_management(&path) {
             let path = path.into_owned();
-            return self.management(req, &path).await;
+            // Boxed: the REST API's future stays out of every proxied request's state.
+            return Box::pin(self.management(req, &path)).await;
         }
         let started = clock::now_ns();
         let set = self.routes.load();
@@ -157,8 +158,12 @@ impl Edge {
             return refused(Refused::Invalid, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &message);
         }
 
-        for name in &IDENTITY_HEADERS {
-            parts.headers.remove(name);
+        // Room for the identity and forwarding headers added below, in one growth at most.
+        parts.headers.reserve(8);
+        if parts.headers.keys().any(|name| IDENTITY_HEADERS.contains(name)) {
+            for name in &IDENTITY_HEADERS {
+                parts.headers.remove(name);
+            }
         }
         let mut identity = None;
         if route.route.needs_identity() {
@@ -191,7 +196,7 @@ impl Edge {
         // Validation and transforms: what templates see of the request, for the response too.
         let mut seen = None;
         if let Some(shape) = &route.shape {
-            let (json, read) = match self.read_json_body(shape, route, &parts.headers, body).await {
+            let (json, read) = match Box::pin(self.read_json_body(shape, route, &parts.headers, body)).await {
                 Ok(read) => read,
                 Err(response) => return response,
             };
@@ -237,13 +242,15 @@ impl Edge {
         let request = Request::from_parts(parts, body);
         let mut response = match &route.route.cache {
             Some(cache) if matches!(*request.method(), Method::GET | Method::HEAD) => {
-                self.cached(route, cache, &upstream, request, &upstream_path, identity.as_ref()).await
+                // Boxed (as are the body reads and transforms): what only some routes do stays out of the
+                // state every request carries.
+                Box::pin(self.cached(route, cache, &upstream, request, &upstream_path, identity.as_ref())).await
             }
             _ => self.proxy.call(&upstream, request, Some(&upstream_path), route.timeout).await.map(Either::Left),
         };
         if let (Some(shape), Some(seen)) = (&route.shape, &seen) {
             if shape.transforms_response() {
-                response = transform_response(shape, seen, &route.route.id, route.max_body, response).await;
+                response = Box::pin(transform_response(shape, seen, &route.route.id, route.max_body, response)).await;
             }
         }
         if let Some(id) = &route.id_header {

@@ -22,6 +22,7 @@
 //! answer are read and dropped.
 
 use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -149,6 +150,16 @@ fn invalid(what: impl std::fmt::Display) -> SendError {
 /// end (a small answer's at once).
 pub async fn send(endpoint: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Response<PooledBody>, SendError> {
     let (parts, body) = req.into_parts();
+    send_parts(endpoint, &parts, body).await
+}
+
+/// [`send`] with the request's head borrowed (method, origin-form URI and headers are read, not
+/// taken), so a request that may be retried keeps its head without a copy.
+pub async fn send_parts(
+    endpoint: &Arc<Endpoint>,
+    parts: &Parts,
+    body: RequestBody,
+) -> Result<Response<PooledBody>, SendError> {
     // The body's bytes when at hand (sent with the head, and again if a connection was stale),
     // else the stream to send after the head.
     let (whole, mut stream) = match body {
@@ -161,7 +172,7 @@ pub async fn send(endpoint: &Arc<Endpoint>, req: Request<RequestBody>) -> Result
         (None, s) => s.as_ref().and_then(|s| s.size_hint().exact()).map_or(Framing::Chunked, Framing::Length),
     };
     let mut out = Vec::with_capacity(512);
-    write_head(&mut out, endpoint, &parts, framing);
+    write_head(&mut out, endpoint, parts, framing);
     // A small body goes in the same write as the head.
     let rest = match whole {
         Some(bytes) if bytes.len() <= READ_CHUNK => {
@@ -399,9 +410,10 @@ use HeadError::{Bad, Interim};
 /// Parses an answer's head at the start of `buf` (consumed when whole): None when more bytes are
 /// needed.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(Head, Decoder)>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    // Uninitialized slots: nothing is written per parse beyond the headers the answer has.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
             return Err(Bad(invalid(format!("answer head larger than {MAX_HEAD} bytes"))))
@@ -420,16 +432,19 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(Head, De
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     // Where each name and value sits, so the header map shares the head's bytes instead of copying.
     let base = buf.as_ptr() as usize;
-    let count = parsed.headers.len();
-    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    for (slot, h) in at.iter_mut().zip(parsed.headers.iter()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *slot = (name, name + h.name.len(), value, value + h.value.len());
-    }
+    let at: Vec<(usize, usize, usize, usize)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            (name, name + h.name.len(), value, value + h.value.len())
+        })
+        .collect();
     let bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(name_start, name_end, value_start, value_end) in &at[..count] {
+    // Room for what the proxy adds (endpoint, route and rate-limit headers) without regrowing.
+    let mut headers = HeaderMap::with_capacity(at.len() + 8);
+    for &(name_start, name_end, value_start, value_end) in &at {
         let name = HeaderName::from_bytes(&bytes[name_start..name_end]).map_err(|e| Bad(invalid(e)))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end)).map_err(|e| Bad(invalid(e)))?;
         headers.append(name, value);

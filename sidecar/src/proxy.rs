@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -56,10 +57,13 @@ enum SendFailure {
     Http1(client::SendError),
     #[error(transparent)]
     Legacy(hyper_util::client::legacy::Error),
+    #[error("the endpoint's address is not a valid URI authority")]
+    Authority,
 }
 
 /// Headers that belong to one connection, not to the request (RFC 9110 7.6.1).
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOPS: usize = 6;
+const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -214,6 +218,9 @@ impl Proxy {
             },
             None => parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
         };
+        if !http2 {
+            parts.uri = Uri::from(path_and_query.clone());
+        }
         let mut body = Some(body);
         let mut attempt = 0;
         loop {
@@ -227,43 +234,33 @@ impl Proxy {
                 response.extensions_mut().insert(Verdict::NoEndpoint);
                 return (response, Outcome::Failure(FailureKind::ConnectError));
             };
-            // HTTP/1.1 goes out in origin form on a pooled connection; HTTP/2 needs the full URI.
-            let uri = if http2 {
-                let mut uri_parts = http::uri::Parts::default();
-                uri_parts.scheme = endpoint.uri_scheme.clone();
-                uri_parts.authority = endpoint.uri_authority.clone();
-                uri_parts.path_and_query = Some(path_and_query.clone());
-                Uri::from_parts(uri_parts).ok()
-            } else {
-                Some(Uri::from(path_and_query.clone()))
-            };
-            let Some(uri) = uri else {
-                let response = json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "the endpoint's address is not a valid URI authority",
-                    &upstream.service,
-                    Some(&endpoint.spec.id),
-                );
-                return (response, Outcome::Failure(FailureKind::ConnectError));
-            };
-            let mut request = Request::new(match body.take() {
-                Some(b) if !replayable => b,
-                _ => Either::Right(Full::new(Bytes::new())),
-            });
-            *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = uri;
-            *request.version_mut() = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
-            // A request sent once takes the headers; one that may be retried keeps a copy.
-            *request.headers_mut() =
-                if replayable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
             endpoint.start();
             let started = clock::now_ns();
             let result = tokio::time::timeout(per_try, async {
+                let body = match body.take() {
+                    Some(b) if !replayable => b,
+                    _ => Either::Right(Full::new(Bytes::new())),
+                };
                 if http2 {
+                    // HTTP/2 needs the full URI, and the client takes the request whole.
+                    let mut uri_parts = http::uri::Parts::default();
+                    uri_parts.scheme = endpoint.uri_scheme.clone();
+                    uri_parts.authority = endpoint.uri_authority.clone();
+                    uri_parts.path_and_query = Some(path_and_query.clone());
+                    let uri = Uri::from_parts(uri_parts).map_err(|_| SendFailure::Authority)?;
+                    let mut request = Request::new(body);
+                    *request.method_mut() = parts.method.clone();
+                    *request.uri_mut() = uri;
+                    *request.version_mut() = Version::HTTP_2;
+                    // A request sent once takes the headers; one that may be retried keeps a copy.
+                    *request.headers_mut() =
+                        if replayable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
                     let response = self.http2.request(request).await.map_err(SendFailure::Legacy)?;
                     Ok::<_, SendFailure>(response.map(|b| Either::Left(Either::Right(b))))
                 } else {
-                    let response = client::send(&endpoint, request).await.map_err(SendFailure::Http1)?;
+                    // HTTP/1.1 goes out in origin form on a pooled connection; the head is only
+                    // read, so a retry sends it again without a copy.
+                    let response = client::send_parts(&endpoint, &parts, body).await.map_err(SendFailure::Http1)?;
                     Ok(response.map(|b| Either::Left(Either::Left(b))))
                 }
             })
@@ -419,8 +416,10 @@ where
         let _ = stream.set_nodelay(true);
         let handle = handle.clone();
         let service = hyper::service::service_fn(move |req| {
-            let answer = handle(req, peer);
-            async move { Ok::<_, Infallible>(answer.await) }
+            // Boxed once here: the connection keeps a pointer to the request's state rather than
+            // moving the whole state machine into place on every request.
+            let answer = Box::pin(handle(req, peer));
+            answer.map(Ok::<_, Infallible>)
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
         tokio::spawn(async move {
@@ -497,19 +496,39 @@ fn is_safe(method: &Method, headers: &HeaderMap) -> bool {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named by Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // One pass over the names finds which are there (most messages carry none, or only
+    // `Connection: keep-alive`), so only those are looked up.
+    let mut present = [false; HOPS];
+    let mut te = false;
+    for name in headers.keys() {
+        match HOP_BY_HOP.iter().position(|h| h == name) {
+            Some(i) => present[i] = true,
+            None => te |= name == header::TE,
+        }
+    }
+    // Headers named by Connection are hop-by-hop too (HOP_BY_HOP[0] is Connection).
+    if present[0] {
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        let more: Vec<HeaderValue> = values.cloned().collect();
+        for token in first.iter().chain(&more).flat_map(|v| v.as_bytes().split(|b| *b == b',')) {
+            let token = token.trim_ascii();
+            let listed = token.is_empty()
+                || token.eq_ignore_ascii_case(b"close")
+                || HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()));
+            if !listed {
+                if let Ok(name) = std::str::from_utf8(token) {
+                    // A token that is not a header name names nothing to remove.
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
     // `TE: trailers` is what gRPC needs end to end; any other TE is hop-by-hop.
-    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+    if te && headers.get(header::TE).is_some_and(|v| v != "trailers") {
         headers.remove(header::TE);
     }
 }
@@ -544,4 +563,56 @@ pub fn json_error(status: StatusCode, error: &str, service: &str, endpoint: Opti
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_stripped() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, X-Session"),
+            ("connection", "close,x-other ,, not a name"),
+            ("keep-alive", "timeout=5"),
+            ("x-session", "1"),
+            ("x-other", "2"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("trailer", "x-sum"),
+            ("te", "gzip"),
+            ("content-type", "application/json"),
+            ("x-kept", "3"),
+        ]);
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(names(&headers), ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_passes_unless_connection_names_it() {
+        let mut grpc = map(&[("te", "trailers"), ("content-type", "application/grpc")]);
+        strip_hop_by_hop(&mut grpc);
+        assert_eq!(names(&grpc), ["content-type", "te"]);
+        let mut named = map(&[("connection", "TE"), ("te", "trailers")]);
+        strip_hop_by_hop(&mut named);
+        assert!(named.is_empty(), "{named:?}");
+        let mut plain = map(&[("host", "x"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(names(&plain), ["accept", "host"]);
+    }
 }

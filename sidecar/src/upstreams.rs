@@ -68,7 +68,8 @@ impl std::fmt::Debug for Upstream {
 #[derive(Default)]
 pub struct Table {
     pub config: DataPlaneConfig,
-    pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Looked up on every request: seeded fast hashing of the service name.
+    pub upstreams: HashMap<String, Arc<Upstream>, foldhash::fast::RandomState>,
     /// Where the config came from: "control-plane", "disk", or "" before any.
     pub source: &'static str,
 }
@@ -122,7 +123,7 @@ impl Upstreams {
         }
         let old = self.table.load_full();
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        let mut upstreams = HashMap::with_capacity(config.services.len());
+        let mut upstreams = HashMap::with_capacity_and_hasher(config.services.len(), Default::default());
         for (service, spec) in &config.services {
             let previous = old.upstreams.get(service);
             let balancer = Balancer::new(
