@@ -53,10 +53,10 @@ count() { # count NAME BINARY PORT: instructions per request of BINARY under cal
         [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" "$url") == 200 ]] && break; sleep 0.1
     done
     NREQ=500 wrk -t1 -c10 -d15s -s "$ROOT/bench/stop-after.lua" -H "Authorization: $AUTH" "$url" >/dev/null
-    callgrind_control -z "$vpid" >/dev/null
+    callgrind_control -z "$vpid" >/dev/null 2>&1
     local served
     served=$(NREQ=$NREQ wrk -t1 -c10 -d40s -s "$ROOT/bench/stop-after.lua" -H "Authorization: $AUTH" "$url" | awk '/requests in/ {print $1}')
-    callgrind_control -d "$vpid" >/dev/null
+    callgrind_control -d "$vpid" >/dev/null 2>&1
     sleep 1
     kill "$vpid"; wait "$vpid" 2>/dev/null || true
     python3 "$ROOT/bench/callgrind-self.py" "$dir/cg.out.1" "$served" 40 >"$OUT/top-$name.txt"
