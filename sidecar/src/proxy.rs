@@ -300,12 +300,12 @@ impl Proxy {
                 Ok(Err(err)) => {
                     upstream.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
                     debug!(endpoint = %endpoint.spec.id, error = %err, "upstream request failed");
-                    let mut response = json_error(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream connect error or reset",
-                        &upstream.service,
-                        Some(&endpoint.spec.id),
-                    );
+                    let message = match err {
+                        SendFailure::Authority => "the endpoint's address is not a valid URI authority",
+                        _ => "upstream connect error or reset",
+                    };
+                    let mut response =
+                        json_error(StatusCode::BAD_GATEWAY, message, &upstream.service, Some(&endpoint.spec.id));
                     response.extensions_mut().insert(Verdict::UpstreamError);
                     response
                 }
