@@ -16,9 +16,9 @@ struct Args {
 }
 
 /// glibc's allocator spends a fifth of the CPU of a busy process here; mimalloc is far cheaper on
-/// the many small, short-lived allocations of request handling.
+/// the many small, short-lived allocations of request handling (reskflow-alloc calls it).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: reskflow_alloc::Allocator = reskflow_alloc::Allocator;
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -7,9 +7,9 @@ use anyhow::Context;
 use clap::Parser;
 use reskflow_sidecar::config::Config;
 
-/// mimalloc: the proxy allocates many small, short-lived buffers per request.
+/// mimalloc (through reskflow-alloc): the proxy allocates many small, short-lived buffers per request.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: reskflow_alloc::Allocator = reskflow_alloc::Allocator;
 
 #[derive(Parser)]
 #[command(
