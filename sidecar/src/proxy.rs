@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -382,6 +382,12 @@ impl Default for ServeLimits {
 
 /// Accepts HTTP/1.1 and HTTP/2 (prior knowledge) connections on `listener` and answers each request
 /// with `handle(request, peer)`, until `shutdown`; then lets open requests finish (at most 10 s).
+///
+/// An HTTP/1.1 connection must send each request head within `limits.header_read_timeout` of the
+/// moment the server is ready for it (accepted, or the previous answer sent): a client that trickles
+/// a head (slowloris) or leaves a keep-alive connection idle that long is disconnected. One timer
+/// per connection, re-armed only when it fires ([`Watched`]), enforces this; hyper's own header
+/// timeout would arm and cancel a timer (a boxed sleep in the timer wheel) for every request.
 pub async fn serve_http<F, Fut, B>(listener: TcpListener, shutdown: CancellationToken, limits: ServeLimits, handle: F)
 where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
@@ -395,7 +401,7 @@ where
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
         .http2()
@@ -415,13 +421,17 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handle = handle.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let activity = Arc::new(Activity::new());
+        let seen = activity.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let open = Open::new(&seen, req.version());
             // Boxed once here: the connection keeps a pointer to the request's state rather than
             // moving the whole state machine into place on every request.
             let answer = Box::pin(handle(req, peer));
-            answer.map(Ok::<_, Infallible>)
+            answer.map(move |response| Ok::<_, Infallible>(response.map(|body| Tracked { body, open })))
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        let connection = Watched::new(connection, activity, limits.header_read_timeout);
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 debug!(error = %err, "connection ended with an error");
@@ -429,6 +439,138 @@ where
         });
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+/// What a connection's watchdog ([`Watched`]) needs to know: requests open on it (from the head
+/// read to the answer's body sent or dropped) and when the last one ended.
+struct Activity {
+    open: AtomicU32,
+    idle_since_ms: AtomicU64,
+    /// HTTP/2 has its own keep-alive and no head timeout: the watchdog stands down.
+    http2: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            open: AtomicU32::new(0),
+            idle_since_ms: AtomicU64::new(clock::now_ms()),
+            http2: AtomicBool::new(false),
+        }
+    }
+}
+
+/// One open request of a connection; dropped with the answer's body (or the handler, if the
+/// connection ends first).
+struct Open(Arc<Activity>);
+
+impl Open {
+    fn new(activity: &Arc<Activity>, version: Version) -> Open {
+        activity.open.fetch_add(1, Ordering::Relaxed);
+        if version == Version::HTTP_2 {
+            activity.http2.store(true, Ordering::Relaxed);
+        }
+        Open(activity.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.idle_since_ms.store(clock::now_ms(), Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An answer's body, holding its request open until it is sent or dropped.
+    pub struct Tracked<B> {
+        #[pin]
+        body: B,
+        open: Open,
+    }
+}
+
+impl<B: Body> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection with its head-read watchdog: one sleep, armed for the earliest moment the
+    /// connection could have waited too long for a head, and polled only when armed anew or
+    /// elapsed, so requests cost it nothing. When it fires: requests open (or HTTP/2): re-armed a
+    /// full timeout later; idle for the whole timeout: the connection is dropped (closed); idle for
+    /// less: re-armed for the rest.
+    struct Watched<C> {
+        #[pin]
+        connection: C,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        activity: Arc<Activity>,
+        timeout: Duration,
+        armed: bool,
+        off: bool,
+    }
+}
+
+impl<C> Watched<C> {
+    fn new(connection: C, activity: Arc<Activity>, timeout: Duration) -> Watched<C> {
+        Watched { connection, sleep: tokio::time::sleep(timeout), activity, timeout, armed: true, off: false }
+    }
+}
+
+impl<C, E> std::future::Future for Watched<C>
+where
+    C: std::future::Future<Output = Result<(), E>>,
+{
+    type Output = Result<(), E>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let mut this = self.project();
+        if let Poll::Ready(done) = this.connection.poll(cx) {
+            return Poll::Ready(done);
+        }
+        if *this.off || !(*this.armed || this.sleep.is_elapsed()) {
+            return Poll::Pending;
+        }
+        *this.armed = false;
+        while this.sleep.as_mut().poll(cx).is_ready() {
+            let activity = &**this.activity;
+            if activity.http2.load(Ordering::Relaxed) {
+                *this.off = true;
+                return Poll::Pending;
+            }
+            let wait = if activity.open.load(Ordering::Relaxed) > 0 {
+                *this.timeout
+            } else {
+                let idle = clock::now_ms().saturating_sub(activity.idle_since_ms.load(Ordering::Relaxed));
+                let timeout_ms = u64::try_from(this.timeout.as_millis()).unwrap_or(u64::MAX);
+                if idle >= timeout_ms {
+                    debug!(timeout = ?this.timeout, "no request head in time: closing the connection");
+                    return Poll::Ready(Ok(()));
+                }
+                Duration::from_millis(timeout_ms - idle)
+            };
+            this.sleep.as_mut().reset(tokio::time::Instant::now() + wait);
+        }
+        Poll::Pending
+    }
 }
 
 fn breaker_open(upstream: &Upstream, rejected: Rejected) -> Response<ProxyBody> {
@@ -614,5 +756,105 @@ mod tests {
         let mut plain = map(&[("host", "x"), ("accept", "*/*")]);
         strip_hop_by_hop(&mut plain);
         assert_eq!(names(&plain), ["accept", "host"]);
+    }
+
+    mod head_timeout {
+        use std::time::Duration;
+
+        use bytes::Bytes;
+        use http::{Request, Response};
+        use http_body_util::StreamBody;
+        use hyper::body::{Frame, Incoming};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpListener, TcpStream};
+        use tokio_util::sync::CancellationToken;
+
+        use super::super::{serve_http, ServeLimits};
+
+        const TIMEOUT: Duration = Duration::from_millis(300);
+        /// Far longer than TIMEOUT: how long a test waits for something that must happen.
+        const PATIENCE: Duration = Duration::from_secs(10);
+
+        type Streamed = StreamBody<futures::stream::BoxStream<'static, Result<Frame<Bytes>, std::io::Error>>>;
+
+        /// A server whose `/slow` answers after 3 timeouts, `/stream` sends its body over 3 timeouts,
+        /// and anything else answers at once.
+        async fn server() -> (String, CancellationToken) {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr").to_string();
+            let shutdown = CancellationToken::new();
+            let limits = ServeLimits { header_read_timeout: TIMEOUT, ..ServeLimits::default() };
+            tokio::spawn(serve_http(listener, shutdown.clone(), limits, |req: Request<Incoming>, _| async move {
+                let body: Streamed = match req.uri().path() {
+                    "/slow" => {
+                        tokio::time::sleep(TIMEOUT * 3).await;
+                        StreamBody::new(Box::pin(futures::stream::iter([Ok(Frame::data(Bytes::from("slow")))])))
+                    }
+                    "/stream" => StreamBody::new(Box::pin(futures::stream::unfold(0, |n| async move {
+                        if n == 6 {
+                            return None;
+                        }
+                        tokio::time::sleep(TIMEOUT / 2).await;
+                        Some((Ok(Frame::data(Bytes::from("x"))), n + 1))
+                    }))),
+                    _ => StreamBody::new(Box::pin(futures::stream::iter([Ok(Frame::data(Bytes::from("ok")))]))),
+                };
+                Response::new(body)
+            }));
+            (addr, shutdown)
+        }
+
+        /// Sends one request on `stream` and reads its whole (chunked) answer.
+        async fn exchange(stream: &mut TcpStream, path: &str) -> String {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.expect("write");
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !answer.ends_with(b"0\r\n\r\n") {
+                let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf)).await.expect("an answer").expect("read");
+                assert!(n > 0, "closed before the answer ended: {}", String::from_utf8_lossy(&answer));
+                answer.extend_from_slice(&buf[..n]);
+            }
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+
+        /// Whether the server closes `stream` (read reaches its end) within PATIENCE.
+        async fn closed(stream: &mut TcpStream) -> bool {
+            let mut rest = Vec::new();
+            matches!(tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest)).await, Ok(Ok(_)))
+        }
+
+        #[tokio::test]
+        async fn a_trickled_head_and_an_idle_keep_alive_connection_are_closed() {
+            let (addr, _shutdown) = server().await;
+            let mut slow = TcpStream::connect(&addr).await.expect("connect");
+            slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.expect("write");
+            for _ in 0..4 {
+                tokio::time::sleep(TIMEOUT / 2).await;
+                if slow.write_all(b"a").await.is_err() {
+                    break;
+                }
+            }
+            assert!(closed(&mut slow).await, "a head still unfinished after the timeout closes the connection");
+
+            let mut idle = TcpStream::connect(&addr).await.expect("connect");
+            assert!(exchange(&mut idle, "/").await.starts_with("HTTP/1.1 200"));
+            assert!(closed(&mut idle).await, "no next request within the timeout closes the connection");
+        }
+
+        #[tokio::test]
+        async fn requests_longer_than_the_timeout_and_a_busy_connection_are_left_alone() {
+            let (addr, _shutdown) = server().await;
+            let mut conn = TcpStream::connect(&addr).await.expect("connect");
+            let answer = exchange(&mut conn, "/slow").await;
+            assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("slow"), "{answer}");
+            let answer = exchange(&mut conn, "/stream").await;
+            assert!(answer.starts_with("HTTP/1.1 200") && answer.matches("\r\nx\r\n").count() == 6, "{answer}");
+            // Requests a third of the timeout apart for four timeouts, all on the same connection.
+            for _ in 0..12 {
+                tokio::time::sleep(TIMEOUT / 3).await;
+                assert!(exchange(&mut conn, "/").await.starts_with("HTTP/1.1 200"));
+            }
+        }
     }
 }
