@@ -330,7 +330,8 @@ async fn exchange(
     }
     let mut received = false;
     let head = loop {
-        match parse_head(&mut conn.buf, head_request) {
+        // (Nothing to parse before the first read: a pooled connection's buffer is empty.)
+        match if conn.buf.is_empty() { Ok(None) } else { parse_head(&mut conn.buf, head_request) } {
             Ok(Some(head)) => break head,
             Ok(None) => {}
             Err(Interim) => {
@@ -444,19 +445,42 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(Head, De
     let bytes = buf.split_to(len).freeze();
     // Room for what the proxy adds (endpoint, route and rate-limit headers) without regrowing.
     let mut headers = HeaderMap::with_capacity(at.len() + 8);
+    // What framing and reuse depend on, noted on the way instead of looked up after.
+    let (mut close, mut connection_kept, mut chunked_or_te, mut lengths) = (false, false, false, 0);
+    let mut length = None;
     for &(name_start, name_end, value_start, value_end) in &at {
         let name = HeaderName::from_bytes(&bytes[name_start..name_end]).map_err(|e| Bad(invalid(e)))?;
+        let raw = &bytes[value_start..value_end];
+        if name == header::CONNECTION {
+            // `keep-alive` or `close` alone concern this connection only (the proxy strips
+            // Connection anyway): noted, not kept. Anything else stays for the proxy to read.
+            if raw.eq_ignore_ascii_case(b"keep-alive") {
+                continue;
+            }
+            if raw.eq_ignore_ascii_case(b"close") {
+                close = true;
+                continue;
+            }
+            connection_kept = true;
+        } else if name == header::TRANSFER_ENCODING {
+            chunked_or_te = true;
+        } else if name == header::CONTENT_LENGTH {
+            lengths += 1;
+            length = Some((value_start, value_end));
+        }
         let value = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end)).map_err(|e| Bad(invalid(e)))?;
         headers.append(name, value);
     }
 
-    let mut reusable = version == Version::HTTP_11 && !has_token(&headers, &header::CONNECTION, "close");
+    let mut reusable = version == Version::HTTP_11
+        && !close
+        && !(connection_kept && has_token(&headers, &header::CONNECTION, "close"));
     let decoder = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Decoder::Length(0)
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+    } else if chunked_or_te {
         // RFC 9112 6.3: chunked when it is the last coding, else until the connection closes; a
         // Content-Length beside it is ignored, and the connection not reused.
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if lengths > 0 {
             reusable = false;
         }
         let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back();
@@ -467,8 +491,12 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(Head, De
             reusable = false;
             Decoder::Close
         }
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
-        Decoder::Length(content_length(&headers).map_err(Bad)?)
+    } else if lengths > 0 {
+        let single = length.filter(|_| lengths == 1).and_then(|(start, end)| digits(&bytes[start..end]));
+        match single {
+            Some(n) => Decoder::Length(n),
+            None => Decoder::Length(content_length(&headers).map_err(Bad)?),
+        }
     } else {
         reusable = false;
         Decoder::Close
@@ -476,9 +504,23 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(Head, De
     Ok(Some((Head { status, version, headers, reusable }, decoder)))
 }
 
+/// A Content-Length of 1-18 digits (no overflow possible); None for anything else, which
+/// [`content_length`] then reads in full.
+fn digits(text: &[u8]) -> Option<u64> {
+    ((1..=18).contains(&text.len()) && text.iter().all(u8::is_ascii_digit))
+        .then(|| text.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
 /// The one length every `Content-Length` value states (RFC 9110 8.6: a list of equal values is
 /// that value; anything else is invalid).
 fn content_length(headers: &HeaderMap) -> Result<u64, SendError> {
+    // The usual answer: one value of a few digits.
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let (Some(value), None) = (values.next(), values.next()) {
+        if let Some(n) = digits(value.as_bytes()) {
+            return Ok(n);
+        }
+    }
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         let text = value.to_str().map_err(|_| invalid("Content-Length is not a number"))?;
@@ -843,6 +885,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn connection_headers_decide_reuse() {
+        let (endpoint, _seen) = scripted(vec![
+            vec![
+                b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1\r\n\r\na",
+                b"HTTP/1.1 200 OK\r\nConnection: x-session, close\r\nX-Session: 1\r\nContent-Length: 1\r\n\r\nb",
+            ],
+            vec![b"HTTP/1.1 200 OK\r\nconnection: CLOSE\r\nContent-Length: 1\r\n\r\nc"],
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nd"],
+        ])
+        .await;
+        let response = send(&endpoint, get("/")).await.expect("answer");
+        assert!(response.headers().get(header::CONNECTION).is_none(), "keep-alive alone is this hop's");
+        assert_eq!(body_of(response).await.expect("body"), "a");
+        assert_eq!(endpoint.pool.idle(), 1, "kept alive");
+        let response = send(&endpoint, get("/")).await.expect("answer");
+        assert_eq!(response.headers().get(header::CONNECTION).map(|v| v.as_bytes()), Some(&b"x-session, close"[..]));
+        assert_eq!(body_of(response).await.expect("body"), "b");
+        assert_eq!(endpoint.pool.idle(), 0, "close among other tokens: not reused");
+        let response = send(&endpoint, get("/")).await.expect("answer");
+        assert_eq!(body_of(response).await.expect("body"), "c");
+        assert_eq!(endpoint.pool.idle(), 0, "close alone: not reused");
+        let response = send(&endpoint, get("/")).await.expect("answer");
+        assert_eq!(body_of(response).await.expect("body"), "d");
+        assert_eq!(endpoint.pool.idle(), 1);
+    }
+
+    #[tokio::test]
     async fn chunked_large_and_until_close_answers_stream() {
         let big: &'static [u8] = Box::leak(
             [&b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"[..], &vec![b'x'; 100_000]]
@@ -910,6 +979,29 @@ mod tests {
             } else {
                 assert!(matches!(answer, Err(SendError::Closed)), "{method}: {answer:?}");
             }
+        }
+    }
+
+    #[test]
+    fn content_length_is_one_stated_length() {
+        let of = |values: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::CONTENT_LENGTH, HeaderValue::from_static(v));
+            }
+            content_length(&headers).ok()
+        };
+        assert_eq!(of(&["101"]), Some(101));
+        assert_eq!(of(&["0"]), Some(0));
+        assert_eq!(of(&["999999999999999999"]), Some(999_999_999_999_999_999));
+        assert_eq!(of(&["18446744073709551615"]), Some(u64::MAX));
+        assert_eq!(of(&["18446744073709551616"]), None, "too large");
+        assert_eq!(of(&["5, 5"]), Some(5));
+        assert_eq!(of(&["5", "5"]), Some(5));
+        assert_eq!(of(&["5", "6"]), None);
+        assert_eq!(of(&["5,6"]), None);
+        for bad in ["", "+5", "-1", "5x", "0x10", " ", ","] {
+            assert_eq!(of(&[bad]), None, "{bad:?}");
         }
     }
 

@@ -122,7 +122,11 @@ impl Proxy {
             }
         };
         let (mut parts, body) = req.into_parts();
-        parts.headers.remove(header::HOST);
+        // HTTP/1.1 upstreams get the endpoint's Host from the client, which never copies the
+        // caller's; an HTTP/2 request carries its own.
+        if parts.version == Version::HTTP_2 {
+            parts.headers.remove(header::HOST);
+        }
         let body = Either::Left(Limited::new(body, usize::MAX));
         self.call(&upstream, Request::from_parts(parts, body), path.as_deref(), None).await
     }
@@ -643,6 +647,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = [false; HOPS];
     let mut te = false;
     for name in headers.keys() {
+        // Hop-by-hop names are 2, 7, 10, 16 or 17 bytes long: most names are passed over on
+        // their length alone.
+        if !matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 17) {
+            continue;
+        }
         match HOP_BY_HOP.iter().position(|h| h == name) {
             Some(i) => present[i] = true,
             None => te |= name == header::TE,
@@ -680,10 +689,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn traceparent() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    let mut put = |at: usize, mut v: u64| {
-        for i in (0..16).rev() {
-            buf[at + i] = HEX[(v & 0xf) as usize];
-            v >>= 4;
+    let mut put = |at: usize, v: u64| {
+        for (i, byte) in v.to_be_bytes().into_iter().enumerate() {
+            buf[at + 2 * i] = HEX[usize::from(byte >> 4)];
+            buf[at + 2 * i + 1] = HEX[usize::from(byte & 0xf)];
         }
     };
     put(3, fastrand::u64(..));
@@ -743,6 +752,24 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut headers);
         assert_eq!(names(&headers), ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn new_trace_contexts_are_well_formed_and_random() {
+        let a = traceparent();
+        let b = traceparent();
+        assert_ne!(a, b);
+        for value in [a, b] {
+            let text = value.to_str().expect("ascii");
+            let parts: Vec<&str> = text.split('-').collect();
+            assert_eq!(parts.len(), 4, "{text}");
+            assert_eq!((parts[0], parts[3]), ("00", "01"), "{text}");
+            assert_eq!((parts[1].len(), parts[2].len()), (32, 16), "{text}");
+            for id in &parts[1..3] {
+                assert!(id.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)), "{text}");
+                assert!(id.bytes().any(|c| c != b'0'), "an all-zero id is invalid: {text}");
+            }
+        }
     }
 
     #[test]
