@@ -207,8 +207,11 @@ impl Proxy {
         }
         let per_try = timeout.or(retry.per_try_timeout).unwrap_or_else(|| policy.timeout());
         let hash_key = policy.load_balancer.hash_header.as_ref().and_then(|h| parts.headers.get(h.as_str()).cloned());
-        let path_and_query = match path {
-            Some(p) => match PathAndQuery::try_from(p) {
+        // The gateway passes the request's own path when no rewrite applies: kept, not parsed again.
+        let unchanged = path.and_then(|p| parts.uri.path_and_query().filter(|pq| pq.as_str() == p).cloned());
+        let path_and_query = match (unchanged, path) {
+            (Some(pq), _) => pq,
+            (None, Some(p)) => match PathAndQuery::try_from(p) {
                 Ok(pq) => pq,
                 Err(_) => {
                     let response = json_error(
@@ -220,7 +223,7 @@ impl Proxy {
                     return (response, Outcome::Success);
                 }
             },
-            None => parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
+            (None, None) => parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
         };
         if !http2 {
             parts.uri = Uri::from(path_and_query.clone());
@@ -428,12 +431,13 @@ where
         let activity = Arc::new(Activity::new());
         let seen = activity.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let open = Open::new(&seen, req.version());
+            let open = Open::new(&seen);
             // Boxed once here: the connection keeps a pointer to the request's state rather than
             // moving the whole state machine into place on every request.
             let answer = Box::pin(handle(req, peer));
             answer.map(move |response| Ok::<_, Infallible>(response.map(|body| Tracked { body, open })))
         });
+        let stream = Sniffed { io: stream, activity: activity.clone(), first: true };
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
         let connection = Watched::new(connection, activity, limits.header_read_timeout);
         tokio::spawn(async move {
@@ -450,7 +454,8 @@ where
 struct Activity {
     open: AtomicU32,
     idle_since_ms: AtomicU64,
-    /// HTTP/2 has its own keep-alive and no head timeout: the watchdog stands down.
+    /// HTTP/2 (seen in the connection's first bytes) has its own keep-alive and no head timeout:
+    /// the watchdog stands down.
     http2: AtomicBool,
 }
 
@@ -469,12 +474,82 @@ impl Activity {
 struct Open(Arc<Activity>);
 
 impl Open {
-    fn new(activity: &Arc<Activity>, version: Version) -> Open {
+    fn new(activity: &Arc<Activity>) -> Open {
         activity.open.fetch_add(1, Ordering::Relaxed);
-        if version == Version::HTTP_2 {
-            activity.http2.store(true, Ordering::Relaxed);
-        }
         Open(activity.clone())
+    }
+}
+
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+pin_project_lite::pin_project! {
+    /// A client connection that tells its watchdog whether it speaks HTTP/2 (its first bytes are the
+    /// HTTP/2 preface): an HTTP/2 connection idle before its first request is not a slow head.
+    struct Sniffed {
+        #[pin]
+        io: tokio::net::TcpStream,
+        activity: Arc<Activity>,
+        first: bool,
+    }
+}
+
+impl tokio::io::AsyncRead for Sniffed {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        if !*this.first {
+            return this.io.poll_read(cx, buf);
+        }
+        let before = buf.filled().len();
+        std::task::ready!(this.io.poll_read(cx, buf))?;
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
+            *this.first = false;
+            let n = read.len().min(HTTP2_PREFACE.len());
+            if read[..n] == HTTP2_PREFACE[..n] {
+                this.activity.http2.store(true, Ordering::Relaxed);
+            }
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Sniffed {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
     }
 }
 
@@ -867,6 +942,19 @@ mod tests {
             let mut idle = TcpStream::connect(&addr).await.expect("connect");
             assert!(exchange(&mut idle, "/").await.starts_with("HTTP/1.1 200"));
             assert!(closed(&mut idle).await, "no next request within the timeout closes the connection");
+        }
+
+        #[tokio::test]
+        async fn an_http2_connection_idle_before_its_first_request_is_left_alone() {
+            let (addr, _shutdown) = server().await;
+            let mut h2 = TcpStream::connect(&addr).await.expect("connect");
+            // The preface and an empty SETTINGS frame, then nothing.
+            h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.expect("write");
+            let until = tokio::time::Instant::now() + TIMEOUT * 4;
+            let mut buf = [0u8; 1024];
+            while let Ok(read) = tokio::time::timeout_at(until, h2.read(&mut buf)).await {
+                assert!(matches!(read, Ok(n) if n > 0), "the server closed an HTTP/2 connection: {read:?}");
+            }
         }
 
         #[tokio::test]
