@@ -3,12 +3,13 @@
 # the same binary and input whatever else this noisy machine is doing, so two builds compare
 # exactly where wall-clock A/B runs differ by +-10% between rounds.
 #
-#   bench/instructions.sh [gateway|sidecar]   Knobs: NREQ=4000 (requests counted within 40 s, after 500 unmeasured),
+#   bench/instructions.sh [gateway|sidecar|nginx]   Knobs: NREQ=4000 (requests counted within 40 s, after 500 unmeasured),
 #                                             BASELINE=path/to/an/older/binary (counted the same way),
 #                                             URLPATH=/api/bench (gateway: /api/cached/x for cache hits)
 #
 # The gateway runs the bench route (route match + HS256 JWT + per-user limit, cache miss); the sidecar
-# proxies `GET /` to the kit's backend. Output: instructions per request and the top functions by
+# proxies `GET /` to the kit's backend; `nginx` counts the peer kit's nginx proxy config (one process,
+# master_process off) doing the sidecar's job, as the reference. Output: instructions per request and the top functions by
 # their own instructions (results.txt and top-<name>.txt in the output folder).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -37,7 +38,13 @@ api PUT /api/gateway/routes '{"routes":[{"id":"bench","path":"/api/*","serviceId
 count() { # count NAME BINARY PORT: instructions per request of BINARY under callgrind
     local name=$1 binary=$2 port=$3 dir="$OUT/$1" url
     mkdir -p "$dir"
-    if [[ $WHAT == gateway ]]; then
+    if [[ $WHAT == nginx ]]; then
+        url="http://127.0.0.1:$port/"
+        mkdir -p "$dir/tmp" "$dir/logs"
+        sed -e 's/master_process on/master_process off/' -e "s/127.0.0.1:18081/127.0.0.1:$port/" \
+            "$SHARED/conf/nginx-proxy.conf" >"$dir/nginx.conf"
+        (cd "$dir" && exec valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" nginx -p "$dir/" -c "$dir/nginx.conf" -e stderr) >"$dir/log" 2>&1 &
+    elif [[ $WHAT == gateway ]]; then
         url="http://127.0.0.1:$port${URLPATH:-/api/bench}"
         (cd "$dir" && exec env PORT="$port" BIND_ADDR=127.0.0.1 ORCHESTRATION_URL=http://127.0.0.1:15291 WORKER_THREADS=1 \
             JWT_SECRET="$SECRET" RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$binary") >"$dir/log" 2>&1 &
@@ -62,6 +69,10 @@ count() { # count NAME BINARY PORT: instructions per request of BINARY under cal
     python3 "$ROOT/bench/callgrind-self.py" "$dir/cg.out.1" "$served" 40 >"$OUT/top-$name.txt"
     echo "$WHAT $name: $(head -1 "$OUT/top-$name.txt" | awk '{printf "%.0f", $4}') instructions per request ($served requests)" | tee -a "$OUT/results.txt"
 }
+if [[ $WHAT == nginx ]]; then
+    count nginx nginx 18300
+    exit 0
+fi
 count current "$BIN/$WHAT" 18300
 [[ -n ${BASELINE:-} ]] && count baseline "$BASELINE" 18310
 true
