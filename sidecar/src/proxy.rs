@@ -480,6 +480,13 @@ impl Open {
     }
 }
 
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.idle_since_ms.store(clock::now_ms(), Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 pin_project_lite::pin_project! {
@@ -553,16 +560,9 @@ impl tokio::io::AsyncWrite for Sniffed {
     }
 }
 
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.idle_since_ms.store(clock::now_ms(), Ordering::Relaxed);
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 pin_project_lite::pin_project! {
     /// An answer's body, holding its request open until it is sent or dropped.
-    pub struct Tracked<B> {
+    struct Tracked<B> {
         #[pin]
         body: B,
         open: Open,
@@ -592,9 +592,9 @@ impl<B: Body> Body for Tracked<B> {
 pin_project_lite::pin_project! {
     /// A connection with its head-read watchdog: one sleep, armed for the earliest moment the
     /// connection could have waited too long for a head, and polled only when armed anew or
-    /// elapsed, so requests cost it nothing. When it fires: requests open (or HTTP/2): re-armed a
-    /// full timeout later; idle for the whole timeout: the connection is dropped (closed); idle for
-    /// less: re-armed for the rest.
+    /// elapsed, so requests cost it nothing. When it fires: HTTP/2: the watchdog stops; requests
+    /// open: re-armed a full timeout later; idle for the whole timeout: the connection is dropped
+    /// (closed); idle for less: re-armed for the rest.
     struct Watched<C> {
         #[pin]
         connection: C,
