@@ -504,8 +504,8 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(Head, De
     Ok(Some((Head { status, version, headers, reusable }, decoder)))
 }
 
-/// A Content-Length of 1-18 digits (no overflow possible); None for anything else, which
-/// [`content_length`] then reads in full.
+/// A Content-Length of 1-18 digits (no overflow possible): the usual answer, read while the head
+/// is parsed; None for anything else, which [`content_length`] then reads in full.
 fn digits(text: &[u8]) -> Option<u64> {
     ((1..=18).contains(&text.len()) && text.iter().all(u8::is_ascii_digit))
         .then(|| text.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
@@ -514,13 +514,6 @@ fn digits(text: &[u8]) -> Option<u64> {
 /// The one length every `Content-Length` value states (RFC 9110 8.6: a list of equal values is
 /// that value; anything else is invalid).
 fn content_length(headers: &HeaderMap) -> Result<u64, SendError> {
-    // The usual answer: one value of a few digits.
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    if let (Some(value), None) = (values.next(), values.next()) {
-        if let Some(n) = digits(value.as_bytes()) {
-            return Ok(n);
-        }
-    }
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         let text = value.to_str().map_err(|_| invalid("Content-Length is not a number"))?;
