@@ -8,6 +8,7 @@
 #   then the cold start to the first proxied 200 (startup.txt).
 #
 #   bench/gateway.sh        Knobs: ROUNDS=3 DURATION=10s (passed to proxy-compare.sh), SKIP_C1=0,
+#                           ONLY_MISS=0 (1: the cache-miss runs only, no cache/Redis/cold-start runs),
 #                           BASELINE=path/to/an/older/gateway (measured in the same runs as "baseline")
 #
 # Every target gets the same `Authorization: Bearer <token>` header (nginx and HAProxy ignore it): the
@@ -69,6 +70,7 @@ OUT="$OUT/c50" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/c50.md"
 if [[ ${SKIP_C1:-0} != 1 ]]; then
     CONNS=1 OUT="$OUT/c1" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/c1.md"
 fi
+[[ ${ONLY_MISS:-0} == 1 ]] && exit 0
 
 # Cache hits: every request after the first is answered from the gateway's cache.
 targets=(direct=18080 nginx=18081 gateway-cache=18090)

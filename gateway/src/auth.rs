@@ -413,7 +413,9 @@ impl Authenticator {
             if let Some(identity) = self.verified.get(token) {
                 return Ok(identity);
             }
-            let identity = Arc::new(self.verify(token).await?);
+            // Boxed: a token seen before (nearly every request) does not carry the verification's
+            // state (a JWKS fetch among it) in its future.
+            let identity = Arc::new(Box::pin(self.verify(token)).await?);
             self.verified.insert(token.to_string(), identity.clone());
             return Ok(identity);
         }

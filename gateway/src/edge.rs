@@ -667,10 +667,11 @@ fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
 /// Appends the peer to `X-Forwarded-For`; sets `X-Forwarded-Proto` and `X-Forwarded-Host` unless a
 /// trusted proxy in front already did.
 fn forwarded_headers(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
-    let mut chain = String::new();
+    // Room for an IPv4 address (an IPv6 one grows it once).
+    let mut chain = String::with_capacity(15);
     if let Some(prior) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         if trusted && !prior.is_empty() {
-            chain.reserve(prior.len() + 2 + 39);
+            chain.reserve(prior.len() + 2);
             chain.push_str(prior);
             chain.push_str(", ");
         }

@@ -148,7 +148,9 @@ impl Proxy {
             Ok(permit) => permit,
             Err(rejected) => {
                 upstream.stats.breaker_rejections.fetch_add(1, Ordering::Relaxed);
-                let mut response = self.fallback(upstream, rejected, req, path, timeout).await;
+                // Boxed, as are the traced path and HTTP/2: what few requests do stays out of the
+                // state every request's future carries (and is copied with it).
+                let mut response = Box::pin(self.fallback(upstream, rejected, req, path, timeout)).await;
                 response.extensions_mut().insert(Verdict::BreakerOpen);
                 return response;
             }
@@ -169,7 +171,7 @@ impl Proxy {
             reskflow_runtime::telemetry::inject(&span, req.headers_mut());
             let forwarded =
                 tracing::Instrument::instrument(self.forward(upstream, req, path, true, timeout), span.clone());
-            let (response, outcome) = forwarded.await;
+            let (response, outcome) = Box::pin(forwarded).await;
             span.record("http.response.status_code", response.status().as_u16());
             (response, outcome)
         } else {
@@ -262,7 +264,7 @@ impl Proxy {
                     // A request sent once takes the headers; one that may be retried keeps a copy.
                     *request.headers_mut() =
                         if replayable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
-                    let response = self.http2.request(request).await.map_err(SendFailure::Legacy)?;
+                    let response = Box::pin(self.http2.request(request)).await.map_err(SendFailure::Legacy)?;
                     Ok::<_, SendFailure>(response.map(|b| Either::Left(Either::Right(b))))
                 } else {
                     // HTTP/1.1 goes out in origin form on a pooled connection; the head is only
