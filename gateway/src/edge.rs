@@ -109,12 +109,12 @@ impl Edge {
         let route = matched.value.clone();
         // Validation and templates see the parameters decoded.
         let params: Vec<(String, String)> = if route.shape.is_some() {
-            matched.params.iter().map(|(k, v)| (k.to_string(), routing::decode_param(v).into_owned())).collect()
+            matched.params().into_iter().map(|(k, v)| (k.to_string(), routing::decode_param(v).into_owned())).collect()
         } else {
             Vec::new()
         };
         let mut upstream_path = match &route.route.target_path {
-            Some(target) => fill_target(target, &matched.params),
+            Some(target) => fill_target(target, &matched.params()),
             None => path.into_owned(),
         };
         drop(set);
@@ -671,7 +671,7 @@ fn forwarded_headers(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
     let mut chain = String::with_capacity(15);
     if let Some(prior) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         if trusted && !prior.is_empty() {
-            chain.reserve(prior.len() + 2);
+            chain.reserve(prior.len() + 2 + 15);
             chain.push_str(prior);
             chain.push_str(", ");
         }

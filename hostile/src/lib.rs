@@ -216,7 +216,7 @@ pub fn path(data: &[u8]) {
     assert!(!upper.contains("%2F") && !upper.contains("%5C"), "{raw:?} kept an encoded slash: {normal:?}");
     for method in [http::Method::GET, http::Method::POST, http::Method::HEAD] {
         if let Some(matched) = sample_table().lookup(&method, &normal) {
-            let target = fill_target(matched.value, &matched.params);
+            let target = fill_target(matched.value, &matched.params());
             assert!(target.starts_with('/'), "{normal:?} was sent to {target:?}");
         }
     }

@@ -174,12 +174,19 @@ struct Entry<T> {
     rank: Vec<u8>,
 }
 
-/// A matched route and the path's parameters (raw, percent-encoded as in the normalized path; a
-/// `*` wildcard's value is named `*`).
+/// A matched route and the path's parameters.
 #[derive(Debug)]
 pub struct Matched<'t, 'p, T> {
     pub value: &'t T,
-    pub params: Vec<(&'t str, &'p str)>,
+    raw: matchit::Params<'t, 'p>,
+}
+
+impl<'t, 'p, T> Matched<'t, 'p, T> {
+    /// The path's parameters (raw, percent-encoded as in the normalized path; a `*` wildcard's value
+    /// is named `*`). Listed on demand: most routes use none of them.
+    pub fn params(&self) -> Vec<(&'t str, &'p str)> {
+        self.raw.iter().map(|(k, v)| (if k == ANON_WILDCARD { "*" } else { k }, v)).collect()
+    }
 }
 
 /// A route that cannot be added: its id and why.
@@ -280,8 +287,7 @@ impl<T> RouteTable<T> {
             (None, Some(a)) => a,
             (None, None) => return None,
         };
-        let params = best.params.iter().map(|(k, v)| (if k == ANON_WILDCARD { "*" } else { k }, v)).collect();
-        Some(Matched { value: &self.entries[*best.value].value, params })
+        Some(Matched { value: &self.entries[*best.value].value, raw: best.params })
     }
 }
 
@@ -366,9 +372,9 @@ mod tests {
         assert_eq!(get(Method::GET, "/api/files"), Some("files"));
         assert_eq!(get(Method::GET, "/nope"), None);
         let m = t.lookup(&Method::GET, "/api/files/a/b.txt").expect("test input is valid");
-        assert_eq!(m.params, vec![("path", "a/b.txt")]);
+        assert_eq!(m.params(), vec![("path", "a/b.txt")]);
         let m = t.lookup(&Method::PUT, "/api/x/y").expect("test input is valid");
-        assert_eq!(m.params, vec![("*", "x/y")]);
+        assert_eq!(m.params(), vec![("*", "x/y")]);
     }
 
     #[test]
