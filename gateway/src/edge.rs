@@ -107,14 +107,17 @@ impl Edge {
             return error(StatusCode::NOT_FOUND, "no_route", &message);
         };
         let route = matched.value.clone();
+        // Listed once, and only for a route that uses them.
+        let raw =
+            if route.shape.is_some() || route.route.target_path.is_some() { matched.params() } else { Vec::new() };
         // Validation and templates see the parameters decoded.
         let params: Vec<(String, String)> = if route.shape.is_some() {
-            matched.params().into_iter().map(|(k, v)| (k.to_string(), routing::decode_param(v).into_owned())).collect()
+            raw.iter().map(|(k, v)| (k.to_string(), routing::decode_param(v).into_owned())).collect()
         } else {
             Vec::new()
         };
         let mut upstream_path = match &route.route.target_path {
-            Some(target) => fill_target(target, &matched.params()),
+            Some(target) => fill_target(target, &raw),
             None => path.into_owned(),
         };
         drop(set);
