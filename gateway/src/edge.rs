@@ -30,7 +30,7 @@ use crate::shape::{Problem, RequestView, Shape};
 use http::Method;
 use http_body_util::BodyExt;
 use reskflow_proto::route::LimitKey;
-use reskflow_sidecar::client::RequestBody;
+use reskflow_sidecar::client::{ExtraHeaders, RequestBody};
 use reskflow_sidecar::clock;
 use reskflow_sidecar::proxy::Verdict;
 use reskflow_sidecar::upstreams::Upstream;
@@ -168,6 +168,11 @@ impl Edge {
                 parts.headers.remove(name);
             }
         }
+        // The client as the rate limits and templates see it (before this hop joins X-Forwarded-For).
+        let ip = client_ip(&parts.headers, peer.ip(), self.trust_forwarded);
+        // Identity and forwarding headers for the upstream, written into the request head rather than
+        // inserted into the map (see ExtraHeaders); routes that read headers back get them inserted.
+        let mut extra = ExtraHeaders::with_capacity(6);
         let mut identity = None;
         if route.route.needs_identity() {
             let caller = match self.authenticate(&parts.headers).await {
@@ -178,12 +183,11 @@ impl Edge {
                 let message = format!("this route needs one of the roles: {}", route.route.authorization.join(", "));
                 return refused(Refused::Forbidden, StatusCode::FORBIDDEN, "forbidden", &message);
             }
-            set_identity(&mut parts.headers, &caller);
+            set_identity(&mut extra, &caller);
             identity = Some(caller);
         }
         let mut limited = None;
         if let Some(limiter) = &route.limiter {
-            let ip = client_ip(&parts.headers, peer.ip(), self.trust_forwarded);
             match self.rate_limit(route, limiter, identity.as_ref(), ip).await {
                 Ok(state) => limited = Some(state),
                 Err(response) => return response,
@@ -194,7 +198,11 @@ impl Edge {
             let message = format!("service {} has no configuration yet (is it registered?)", route.route.service_id);
             return error(StatusCode::SERVICE_UNAVAILABLE, "no_upstream", &message);
         };
-        forwarded_headers(&mut parts.headers, peer.ip(), self.trust_forwarded);
+        forwarded_headers(&mut parts.headers, &mut extra, peer.ip(), self.trust_forwarded);
+        if route.shape.is_some() || route.route.cache.is_some() {
+            // Validation, transforms and cache keys read the request's headers as the upstream gets them.
+            extra.apply_to(&mut parts.headers);
+        }
         let mut body: RequestBody = Either::Left(Limited::new(body, route.max_body));
         // Validation and transforms: what templates see of the request, for the response too.
         let mut seen = None;
@@ -219,7 +227,7 @@ impl Edge {
                     body: json,
                     method: parts.method.to_string(),
                     path: parts.uri.path().to_string(),
-                    ip: client_ip(&parts.headers, peer.ip(), self.trust_forwarded).to_string(),
+                    ip: ip.to_string(),
                 };
                 if shape.transforms_request() {
                     let mut edited = request.body.clone();
@@ -249,7 +257,7 @@ impl Edge {
                 // state every request carries.
                 Box::pin(self.cached(route, cache, &upstream, request, &upstream_path, identity.as_ref())).await
             }
-            _ => self.proxy.call(&upstream, request, Some(&upstream_path), route.timeout).await.map(Either::Left),
+            _ => self.proxy.call_with(&upstream, request, Some(&upstream_path), route.timeout, extra).await.map(Either::Left),
         };
         if let (Some(shape), Some(seen)) = (&route.shape, &seen) {
             if shape.transforms_response() {
@@ -657,40 +665,41 @@ fn rate_limit_headers(headers: &mut HeaderMap, limit: &RouteLimiter, remaining: 
     headers.insert(RATELIMIT_POLICY, limit.policy_header.clone());
 }
 
-fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
+fn set_identity(extra: &mut ExtraHeaders, identity: &Identity) {
     if let Some(v) = &identity.user_header {
-        headers.insert(USER_ID, v.clone());
+        extra.set(USER_ID, v.clone());
     }
     if let Some(v) = &identity.roles_header {
-        headers.insert(USER_ROLES, v.clone());
+        extra.set(USER_ROLES, v.clone());
     }
-    headers.insert(AUTHENTICATED_VIA, HeaderValue::from_static(identity.via.as_str()));
+    extra.set(AUTHENTICATED_VIA, HeaderValue::from_static(identity.via.as_str()));
 }
 
-/// Appends the peer to `X-Forwarded-For`; sets `X-Forwarded-Proto` and `X-Forwarded-Host` unless a
-/// trusted proxy in front already did.
-fn forwarded_headers(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
+/// Appends the peer to `X-Forwarded-For` (a trusted proxy's chain, every line of it, is kept; an
+/// untrusted one is replaced); sets `X-Forwarded-Proto` and `X-Forwarded-Host` unless a trusted
+/// proxy in front already did. The values go into `extra`, which replaces the request's own.
+fn forwarded_headers(headers: &mut HeaderMap, extra: &mut ExtraHeaders, peer: IpAddr, trusted: bool) {
     // Room for an IPv4 address (an IPv6 one grows it once).
     let mut chain = String::with_capacity(15);
-    if let Some(prior) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        if trusted && !prior.is_empty() {
-            chain.reserve(prior.len() + 2 + 15);
-            chain.push_str(prior);
-            chain.push_str(", ");
+    if trusted {
+        for prior in headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
+            if !prior.is_empty() {
+                chain.reserve(prior.len() + 2 + 15);
+                chain.push_str(prior);
+                chain.push_str(", ");
+            }
         }
     }
     push_ip(&mut chain, peer);
     if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert(X_FORWARDED_FOR, v);
+        extra.set(X_FORWARDED_FOR, v);
     }
     if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        extra.set(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
     if !trusted || !headers.contains_key(&X_FORWARDED_HOST) {
-        match headers.get(header::HOST).cloned() {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST, host);
-            }
+        match headers.get(header::HOST) {
+            Some(host) => extra.set(X_FORWARDED_HOST, host.clone()),
             None => {
                 headers.remove(&X_FORWARDED_HOST);
             }
@@ -827,14 +836,28 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         h.insert(header::HOST, HeaderValue::from_static("shop.example"));
+        let forward = |h: &mut HeaderMap, trusted: bool| {
+            let mut extra = ExtraHeaders::default();
+            forwarded_headers(h, &mut extra, peer, trusted);
+            extra.apply_to(h);
+        };
         let mut untrusted = h.clone();
-        forwarded_headers(&mut untrusted, peer, false);
-        assert_eq!(untrusted[&X_FORWARDED_FOR], "10.0.0.9");
+        forward(&mut untrusted, false);
+        assert_eq!(untrusted.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(), ["10.0.0.9"]);
         assert_eq!(untrusted[&X_FORWARDED_HOST], "shop.example");
+        assert_eq!(untrusted[&X_FORWARDED_PROTO], "http");
         assert_eq!(client_ip(&h, peer, false), peer);
-        forwarded_headers(&mut h, peer, true);
+        let mut two_lines = h.clone();
+        two_lines.append(X_FORWARDED_FOR, HeaderValue::from_static("5.6.7.8"));
+        two_lines.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        forward(&mut h, true);
         assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4, 10.0.0.9");
         assert_eq!(client_ip(&h, peer, true), peer);
+        // Every line of a trusted chain is kept, in order, in one value; what the proxy said stays.
+        assert_eq!(client_ip(&two_lines, peer, true), "5.6.7.8".parse::<IpAddr>().expect("ip"));
+        forward(&mut two_lines, true);
+        assert_eq!(two_lines.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(), ["1.2.3.4, 5.6.7.8, 10.0.0.9"]);
+        assert_eq!(two_lines[&X_FORWARDED_PROTO], "https");
         let mut only_lb = HeaderMap::new();
         only_lb.insert(X_FORWARDED_FOR, HeaderValue::from_static("7.7.7.7"));
         assert_eq!(client_ip(&only_lb, peer, true), "7.7.7.7".parse::<IpAddr>().expect("ip"));

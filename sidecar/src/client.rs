@@ -150,14 +150,16 @@ fn invalid(what: impl std::fmt::Display) -> SendError {
 /// end (a small answer's at once).
 pub async fn send(endpoint: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Response<PooledBody>, SendError> {
     let (parts, body) = req.into_parts();
-    send_parts(endpoint, &parts, body).await
+    send_parts(endpoint, &parts, &ExtraHeaders::default(), body).await
 }
 
 /// [`send`] with the request's head borrowed (method, origin-form URI and headers are read, not
-/// taken), so a request that may be retried keeps its head without a copy.
+/// taken), so a request that may be retried keeps its head without a copy; `extra` is written
+/// into the head as well (see [`ExtraHeaders`]).
 pub async fn send_parts(
     endpoint: &Arc<Endpoint>,
     parts: &Parts,
+    extra: &ExtraHeaders,
     body: RequestBody,
 ) -> Result<Response<PooledBody>, SendError> {
     // The body's bytes when at hand (sent with the head, and again if a connection was stale),
@@ -172,7 +174,7 @@ pub async fn send_parts(
         (None, s) => s.as_ref().and_then(|s| s.size_hint().exact()).map_or(Framing::Chunked, Framing::Length),
     };
     let mut out = Vec::with_capacity(512);
-    write_head(&mut out, endpoint, parts, framing);
+    write_head(&mut out, endpoint, parts, extra, framing);
     // A small body goes in the same write as the head.
     let rest = match whole {
         Some(bytes) if bytes.len() <= READ_CHUNK => {
@@ -239,7 +241,58 @@ enum Framing {
     Chunked,
 }
 
-fn write_head(out: &mut Vec<u8>, endpoint: &Endpoint, parts: &Parts, framing: Framing) {
+/// Headers a proxy sets on the request it sends (forwarding, identity, trace context), kept beside
+/// the request's header map rather than inserted into it: each is written into the head after the
+/// request's own headers, and a header of the request with the same name is left out, so each
+/// replaces it as `HeaderMap::insert` would. Inserting costs a hash of the name (byte by byte for a
+/// custom one) and a probe per header, which is most of what setting them costs; writing costs
+/// a comparison per header of the request. Where the map must show them (HTTP/2, which takes the
+/// request whole, or a caller that reads the headers back), [`ExtraHeaders::apply_to`] inserts them.
+#[derive(Debug, Default, Clone)]
+pub struct ExtraHeaders {
+    list: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ExtraHeaders {
+    /// Room for `n` headers in one allocation.
+    pub fn with_capacity(n: usize) -> ExtraHeaders {
+        ExtraHeaders { list: Vec::with_capacity(n) }
+    }
+
+    /// Sets `name` to `value`, replacing an earlier value of that name.
+    pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        match self.list.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.list.push((name, value)),
+        }
+    }
+
+    /// The value of `name` (any case).
+    pub fn get(&self, name: &str) -> Option<&HeaderValue> {
+        self.list.iter().find(|(n, _)| n.as_str().eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+
+    pub fn contains(&self, name: &HeaderName) -> bool {
+        self.list.iter().any(|(n, _)| n == name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.list.iter().map(|(n, v)| (n, v))
+    }
+
+    /// Moves the headers into `headers` (replacing values of the same names); none are left here.
+    pub fn apply_to(&mut self, headers: &mut HeaderMap) {
+        for (name, value) in self.list.drain(..) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+fn write_head(out: &mut Vec<u8>, endpoint: &Endpoint, parts: &Parts, extra: &ExtraHeaders, framing: Framing) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
@@ -251,6 +304,21 @@ fn write_head(out: &mut Vec<u8>, endpoint: &Endpoint, parts: &Parts, framing: Fr
     out.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
         // Framing is this hop's (written below); the body is sent without waiting for 100-continue.
+        if name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+            || extra.contains(name)
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &extra.list {
+        // Framing and Host stay this hop's, whatever a caller set.
         if name == header::HOST
             || name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
@@ -875,6 +943,39 @@ mod tests {
         assert_eq!(conn, 0, "the same connection");
         assert!(second.contains("content-length: 7\r\n") && second.ends_with("\r\n\r\n{\"a\":1}"), "{second}");
         assert!(!second.contains("999") && !second.contains("spoofed"), "framing and host are this hop's: {second}");
+    }
+
+    #[tokio::test]
+    async fn extra_headers_replace_the_requests_own_and_framing_stays_this_hops() {
+        let (endpoint, mut seen) = scripted(vec![vec![b"HTTP/1.1 204 No Content\r\n\r\n"]]).await;
+        let mut req = get("/x");
+        let h = req.headers_mut();
+        h.append("x-user-id", HeaderValue::from_static("spoofed-1"));
+        h.append("x-user-id", HeaderValue::from_static("spoofed-2"));
+        h.insert("x-kept", HeaderValue::from_static("mine"));
+        let mut extra = ExtraHeaders::with_capacity(4);
+        extra.set(HeaderName::from_static("x-user-id"), HeaderValue::from_static("first"));
+        extra.set(HeaderName::from_static("x-user-id"), HeaderValue::from_static("user-7"));
+        extra.set(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+        extra.set(header::HOST, HeaderValue::from_static("spoofed.example"));
+        extra.set(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        assert_eq!(extra.get("X-User-Id").map(|v| v.as_bytes()), Some(&b"user-7"[..]));
+        let (parts, body) = req.into_parts();
+        let response = send_parts(&endpoint, &parts, &extra, body).await.expect("answer");
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        let (_, head) = seen.recv().await.expect("request");
+        let lines: Vec<&str> = head.trim_end().split("\r\n").collect();
+        assert_eq!(lines[0], "GET /x HTTP/1.1");
+        assert!(lines[1].starts_with("host: 127.0.0.1:"), "{head}");
+        assert_eq!(&lines[2..], ["x-kept: mine", "x-user-id: user-7", "x-forwarded-proto: http"], "{head}");
+
+        // Applied to a map, they replace its values the same way.
+        let mut map = HeaderMap::new();
+        map.append("x-user-id", HeaderValue::from_static("spoofed"));
+        map.append("x-user-id", HeaderValue::from_static("spoofed-2"));
+        extra.apply_to(&mut map);
+        assert!(extra.is_empty());
+        assert_eq!(map.get_all("x-user-id").iter().collect::<Vec<_>>(), ["user-7"]);
     }
 
     #[tokio::test]

@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use crate::balance::PickContext;
 use crate::breaker::{Outcome, Rejected};
-use crate::client::{self, PooledBody, RequestBody};
+use crate::client::{self, ExtraHeaders, PooledBody, RequestBody};
 use crate::clock;
 use crate::health::outlier::Answer;
 use crate::upstreams::{Upstream, Upstreams};
@@ -142,6 +142,19 @@ impl Proxy {
         path: Option<&str>,
         timeout: Option<Duration>,
     ) -> Response<ProxyBody> {
+        self.call_with(upstream, req, path, timeout, ExtraHeaders::default()).await
+    }
+
+    /// [`Proxy::call`] with headers to set on the request sent (see [`ExtraHeaders`]: they replace
+    /// the request's own of the same names without an insert into its header map).
+    pub async fn call_with(
+        &self,
+        upstream: &Upstream,
+        req: Request<RequestBody>,
+        path: Option<&str>,
+        timeout: Option<Duration>,
+        extra: ExtraHeaders,
+    ) -> Response<ProxyBody> {
         upstream.stats.requests.fetch_add(1, Ordering::Relaxed);
         let now = clock::now_ms();
         let permit = match upstream.breaker.try_acquire_at(now) {
@@ -150,7 +163,7 @@ impl Proxy {
                 upstream.stats.breaker_rejections.fetch_add(1, Ordering::Relaxed);
                 // Boxed, as are the traced path and HTTP/2: what few requests do stays out of the
                 // state every request's future carries (and is copied with it).
-                let mut response = Box::pin(self.fallback(upstream, rejected, req, path, timeout)).await;
+                let mut response = Box::pin(self.fallback(upstream, rejected, req, path, timeout, extra)).await;
                 response.extensions_mut().insert(Verdict::BreakerOpen);
                 return response;
             }
@@ -170,12 +183,12 @@ impl Proxy {
             reskflow_runtime::telemetry::continue_trace(&span, req.headers());
             reskflow_runtime::telemetry::inject(&span, req.headers_mut());
             let forwarded =
-                tracing::Instrument::instrument(self.forward(upstream, req, path, true, timeout), span.clone());
+                tracing::Instrument::instrument(self.forward(upstream, req, path, true, timeout, extra), span.clone());
             let (response, outcome) = Box::pin(forwarded).await;
             span.record("http.response.status_code", response.status().as_u16());
             (response, outcome)
         } else {
-            self.forward(upstream, req, path, true, timeout).await
+            self.forward(upstream, req, path, true, timeout, extra).await
         };
         let elapsed = Duration::from_nanos(clock::now_ns().saturating_sub(started));
         upstream.breaker.record_at(permit, outcome, elapsed, clock::now_ms());
@@ -191,15 +204,20 @@ impl Proxy {
         path: Option<&str>,
         retries: bool,
         timeout: Option<Duration>,
+        mut extra: ExtraHeaders,
     ) -> (Response<ProxyBody>, Outcome) {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if !parts.headers.contains_key(&TRACEPARENT) {
-            parts.headers.insert(TRACEPARENT, traceparent());
+        if !parts.headers.contains_key(&TRACEPARENT) && !extra.contains(&TRACEPARENT) {
+            extra.set(TRACEPARENT, traceparent());
         }
         let policy = &upstream.policy;
         let retry = &policy.retry;
         let http2 = parts.version == Version::HTTP_2;
+        if http2 {
+            // The HTTP/2 client takes the request whole: the headers go into its map.
+            extra.apply_to(&mut parts.headers);
+        }
         // Only a request without a body can be sent again as it was.
         let replayable = retries && body.is_end_stream() && is_safe(&parts.method, &parts.headers);
         let attempts = if replayable { retry.max_attempts.max(1) } else { 1 };
@@ -208,7 +226,11 @@ impl Proxy {
             upstream.budget.deposit(now);
         }
         let per_try = timeout.or(retry.per_try_timeout).unwrap_or_else(|| policy.timeout());
-        let hash_key = policy.load_balancer.hash_header.as_ref().and_then(|h| parts.headers.get(h.as_str()).cloned());
+        let hash_key = policy
+            .load_balancer
+            .hash_header
+            .as_ref()
+            .and_then(|h| extra.get(h).or_else(|| parts.headers.get(h.as_str())).cloned());
         // The gateway passes the request's own path when no rewrite applies: kept, not parsed again.
         let unchanged = path.and_then(|p| parts.uri.path_and_query().filter(|pq| pq.as_str() == p).cloned());
         let path_and_query = match (unchanged, path) {
@@ -269,7 +291,7 @@ impl Proxy {
                 } else {
                     // HTTP/1.1 goes out in origin form on a pooled connection; the head is only
                     // read, so a retry sends it again without a copy.
-                    let response = client::send_parts(&endpoint, &parts, body).await.map_err(SendFailure::Http1)?;
+                    let response = client::send_parts(&endpoint, &parts, &extra, body).await.map_err(SendFailure::Http1)?;
                     Ok(response.map(|b| Either::Left(Either::Left(b))))
                 }
             })
@@ -342,6 +364,7 @@ impl Proxy {
         req: Request<RequestBody>,
         path: Option<&str>,
         timeout: Option<Duration>,
+        extra: ExtraHeaders,
     ) -> Response<ProxyBody> {
         match &upstream.policy.fallback {
             Some(Fallback::Static { status, headers, body }) => {
@@ -361,7 +384,7 @@ impl Proxy {
             Some(Fallback::Service { service_id }) => match self.upstreams.get(service_id) {
                 Some(other) => {
                     upstream.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-                    let (mut response, _) = self.forward(&other, req, path, false, timeout).await;
+                    let (mut response, _) = self.forward(&other, req, path, false, timeout, extra).await;
                     if let Ok(v) = HeaderValue::from_str(service_id) {
                         response.headers_mut().insert(FALLBACK_HEADER, v);
                     }

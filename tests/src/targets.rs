@@ -242,9 +242,17 @@ impl EchoBackend {
                     let (parts, body) = req.into_parts();
                     let headers: serde_json::Map<String, serde_json::Value> =
                         parts.headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into())).collect();
+                    // Names sent more than once (a proxy that sets a header must replace, not add).
+                    let repeated: Vec<String> = parts
+                        .headers
+                        .keys()
+                        .filter(|k| parts.headers.get_all(*k).iter().count() > 1)
+                        .map(|k| k.to_string())
+                        .collect();
                     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                     let body = serde_json::json!({
                         "backend": name, "method": parts.method.as_str(),
+                        "repeated": repeated,
                         "path": parts.uri.path_and_query().map(|p| p.to_string()),
                         "traceparent": parts.headers.get("traceparent").and_then(|v| v.to_str().ok()),
                         "headers": headers,

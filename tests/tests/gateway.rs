@@ -93,7 +93,12 @@ async fn routes_are_managed_over_rest_streamed_to_the_gateway_and_matched_most_s
 
     // The routes reach the gateway over the config stream.
     let body = eventually("the order route to work", WAIT, || async {
-        let (status, headers, body) = get_with(&gw, "/api/orders/42?full=1", &[("x-forwarded-for", "6.6.6.6")]).await;
+        let (status, headers, body) = get_with(
+            &gw,
+            "/api/orders/42?full=1",
+            &[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "gopher"), ("x-forwarded-host", "evil.example")],
+        )
+        .await;
         (status == 200).then_some((headers, body))
     })
     .await;
@@ -103,6 +108,8 @@ async fn routes_are_managed_over_rest_streamed_to_the_gateway_and_matched_most_s
     assert_eq!(headers["x-reskflow-route"], "get-api-orders-id");
     assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1", "an untrusted X-Forwarded-For is replaced");
     assert_eq!(body["headers"]["x-forwarded-proto"], "http");
+    assert!(body["headers"]["x-forwarded-host"].as_str().is_some_and(|h| h.starts_with("127.0.0.1:")), "{body}");
+    assert_eq!(body["repeated"], json!([]), "set headers replace the caller's: {body}");
     assert!(body["traceparent"].as_str().is_some_and(|t| t.starts_with("00-")), "{body}");
 
     // Less specific: the wildcard, path unchanged; POST to the GET-only route falls to it too.
@@ -338,6 +345,7 @@ async fn tokens_and_api_keys_authenticate_roles_authorize_and_identity_headers_c
     })
     .await;
     assert_eq!(body["headers"]["x-user-id"], "user-7");
+    assert_eq!(body["repeated"], json!([]), "identity headers replace the caller's: {body}");
     assert_eq!(body["headers"]["x-user-roles"], "customer");
     assert_eq!(body["headers"]["x-authenticated-via"], "jwt");
 
