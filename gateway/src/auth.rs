@@ -403,13 +403,15 @@ impl Authenticator {
     /// header.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Identity>, AuthError> {
         if let Some(value) = headers.get(header::AUTHORIZATION) {
-            let value =
-                value.to_str().map_err(|_| AuthError::Invalid("the Authorization header is not text".into()))?;
-            let token = value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-                .ok_or_else(|| AuthError::Invalid("the Authorization header is not a bearer token".into()))?;
-            let token = token.trim();
+            // The scheme is case-insensitive (RFC 9110 11.1). Bytes, then UTF-8 for the token only:
+            // HeaderValue::to_str checks byte by byte, from_utf8 a word at a time (a JWT is long).
+            let value = value.as_bytes();
+            let token = match value.split_at_checked(7) {
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => token.trim_ascii(),
+                _ => return Err(AuthError::Invalid("the Authorization header is not a bearer token".into())),
+            };
+            let token = std::str::from_utf8(token)
+                .map_err(|_| AuthError::Invalid("the Authorization header is not text".into()))?;
             if let Some(identity) = self.verified.get(token) {
                 return Ok(identity);
             }

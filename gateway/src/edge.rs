@@ -161,8 +161,6 @@ impl Edge {
             return refused(Refused::Invalid, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &message);
         }
 
-        // Room for the identity and forwarding headers added below, in one growth at most.
-        parts.headers.reserve(8);
         if parts.headers.keys().any(|name| IDENTITY_HEADERS.contains(name)) {
             for name in &IDENTITY_HEADERS {
                 parts.headers.remove(name);
@@ -257,7 +255,11 @@ impl Edge {
                 // state every request carries.
                 Box::pin(self.cached(route, cache, &upstream, request, &upstream_path, identity.as_ref())).await
             }
-            _ => self.proxy.call_with(&upstream, request, Some(&upstream_path), route.timeout, extra).await.map(Either::Left),
+            _ => self
+                .proxy
+                .call_with(&upstream, request, Some(&upstream_path), route.timeout, extra)
+                .await
+                .map(Either::Left),
         };
         if let (Some(shape), Some(seen)) = (&route.shape, &seen) {
             if shape.transforms_response() {
@@ -665,14 +667,15 @@ fn rate_limit_headers(headers: &mut HeaderMap, limit: &RouteLimiter, remaining: 
     headers.insert(RATELIMIT_POLICY, limit.policy_header.clone());
 }
 
+/// Each name is pushed once per request: set_identity and forwarded_headers push different names.
 fn set_identity(extra: &mut ExtraHeaders, identity: &Identity) {
     if let Some(v) = &identity.user_header {
-        extra.set(USER_ID, v.clone());
+        extra.push(USER_ID, v.clone());
     }
     if let Some(v) = &identity.roles_header {
-        extra.set(USER_ROLES, v.clone());
+        extra.push(USER_ROLES, v.clone());
     }
-    extra.set(AUTHENTICATED_VIA, HeaderValue::from_static(identity.via.as_str()));
+    extra.push(AUTHENTICATED_VIA, HeaderValue::from_static(identity.via.as_str()));
 }
 
 /// Appends the peer to `X-Forwarded-For` (a trusted proxy's chain, every line of it, is kept; an
@@ -692,14 +695,14 @@ fn forwarded_headers(headers: &mut HeaderMap, extra: &mut ExtraHeaders, peer: Ip
     }
     push_ip(&mut chain, peer);
     if let Ok(v) = HeaderValue::from_str(&chain) {
-        extra.set(X_FORWARDED_FOR, v);
+        extra.push(X_FORWARDED_FOR, v);
     }
     if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
-        extra.set(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        extra.push(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
     if !trusted || !headers.contains_key(&X_FORWARDED_HOST) {
         match headers.get(header::HOST) {
-            Some(host) => extra.set(X_FORWARDED_HOST, host.clone()),
+            Some(host) => extra.push(X_FORWARDED_HOST, host.clone()),
             None => {
                 headers.remove(&X_FORWARDED_HOST);
             }

@@ -259,6 +259,13 @@ impl ExtraHeaders {
         ExtraHeaders { list: Vec::with_capacity(n) }
     }
 
+    /// Adds `name: value` for a name not set yet (the caller knows; a name pushed twice is sent
+    /// twice): no search, unlike [`ExtraHeaders::set`].
+    #[inline]
+    pub fn push(&mut self, name: HeaderName, value: HeaderValue) {
+        self.list.push((name, value));
+    }
+
     /// Sets `name` to `value`, replacing an earlier value of that name.
     pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
         match self.list.iter_mut().find(|(n, _)| *n == name) {

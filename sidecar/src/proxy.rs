@@ -209,7 +209,7 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if !parts.headers.contains_key(&TRACEPARENT) && !extra.contains(&TRACEPARENT) {
-            extra.set(TRACEPARENT, traceparent());
+            extra.push(TRACEPARENT, traceparent());
         }
         let policy = &upstream.policy;
         let retry = &policy.retry;
@@ -291,7 +291,8 @@ impl Proxy {
                 } else {
                     // HTTP/1.1 goes out in origin form on a pooled connection; the head is only
                     // read, so a retry sends it again without a copy.
-                    let response = client::send_parts(&endpoint, &parts, &extra, body).await.map_err(SendFailure::Http1)?;
+                    let response =
+                        client::send_parts(&endpoint, &parts, &extra, body).await.map_err(SendFailure::Http1)?;
                     Ok(response.map(|b| Either::Left(Either::Left(b))))
                 }
             })

@@ -32,8 +32,18 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Err(PathError::NotAbsolute);
     }
     let bytes = path.as_bytes();
-    // Dot segments only where "/." occurs: most paths are cleared by three substring scans.
-    let dot_segment = path.contains("/.") && path.split('/').any(|s| s == "." || s == "..");
+    // Most paths are cleared by one scan: no '%', no '\\', no "//" and no "/." (a dot segment can
+    // only start there).
+    let mut prev = 0u8;
+    let clean = bytes.iter().all(|&b| {
+        let ok = b != b'%' && b != b'\\' && !(prev == b'/' && (b == b'/' || b == b'.'));
+        prev = b;
+        ok
+    });
+    if clean {
+        return Ok(Cow::Borrowed(path));
+    }
+    let dot_segment = path.split('/').any(|s| s == "." || s == "..");
     let simple = !path.contains(['%', '\\']) && !path.contains("//") && !dot_segment;
     if simple {
         return Ok(Cow::Borrowed(path));

@@ -394,6 +394,13 @@ async fn tokens_and_api_keys_authenticate_roles_authorize_and_identity_headers_c
     }
     let (status, _, body) = get_with(&gw, "/api/orders/1", &[]).await;
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")));
+    // The scheme is case-insensitive and the token may be padded; another scheme is refused.
+    let (status, _, body) = get_with(&gw, "/api/orders/1", &[("authorization", &format!("BEARER  {customer} "))]).await;
+    assert_eq!((status, body["headers"]["x-user-id"].as_str()), (200, Some("user-7")), "{body}");
+    for other in [format!("Basic {customer}"), "Bearer".to_string(), "Bearer ".to_string()] {
+        let (status, _, body) = get_with(&gw, "/api/orders/1", &[("authorization", &other)]).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")), "{other}: {body}");
+    }
     let courier =
         hs256(&json!({ "sub": "c", "roles": ["courier"], "iss": "https://id.example", "exp": now() + 600 }), SECRET);
     let (status, _, body) = get_with(&gw, "/api/orders/1", &[("authorization", &bearer(&courier))]).await;
@@ -407,12 +414,12 @@ async fn tokens_and_api_keys_authenticate_roles_authorize_and_identity_headers_c
     assert_eq!(status, 200, "{metrics}");
     let orders = metrics["routes"].as_array().and_then(|r| r.iter().find(|r| r["route"] == "orders")).cloned();
     let orders = orders.unwrap_or_default();
-    assert_eq!(orders["authFailures"], 11, "{orders}");
+    assert_eq!(orders["authFailures"], 14, "{orders}");
     assert_eq!(orders["forbidden"], 1, "{orders}");
     assert!(orders["status"]["2xx"].as_u64().is_some_and(|n| n >= 2), "{orders}");
     assert!(orders["latencyMs"]["p99"].as_f64().is_some_and(|ms| ms > 0.0), "{orders}");
     let text = gw.http().get(format!("{}/metrics", gw.url)).send().await.expect("metrics").text().await.expect("text");
-    assert!(text.contains("reskflow_gateway_route_auth_failures_total{route=\"orders\"} 11"), "{text}");
+    assert!(text.contains("reskflow_gateway_route_auth_failures_total{route=\"orders\"} 14"), "{text}");
     assert!(text.contains("reskflow_gateway_breaker_state{service=\"orders\",state=\"CLOSED\"} 1"), "{text}");
 }
 
