@@ -170,7 +170,8 @@ impl Edge {
         let ip = client_ip(&parts.headers, peer.ip(), self.trust_forwarded);
         // Identity and forwarding headers for the upstream, written into the request head rather than
         // inserted into the map (see ExtraHeaders); routes that read headers back get them inserted.
-        let mut extra = ExtraHeaders::with_capacity(6);
+        // Room for three identity, three forwarding headers and the data plane's traceparent.
+        let mut extra = ExtraHeaders::with_capacity(8);
         let mut identity = None;
         if route.route.needs_identity() {
             let caller = match self.authenticate(&parts.headers).await {
