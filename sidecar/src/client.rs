@@ -287,10 +287,6 @@ impl ExtraHeaders {
         self.list.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.list.iter().map(|(n, v)| (n, v))
-    }
-
     /// Moves the headers into `headers` (replacing values of the same names); none are left here.
     pub fn apply_to(&mut self, headers: &mut HeaderMap) {
         for (name, value) in self.list.drain(..) {
