@@ -259,19 +259,11 @@ impl ExtraHeaders {
         ExtraHeaders { list: Vec::with_capacity(n) }
     }
 
-    /// Adds `name: value` for a name not set yet (the caller knows; a name pushed twice is sent
-    /// twice): no search, unlike [`ExtraHeaders::set`].
+    /// Adds `name: value` for a name not pushed yet (the caller knows which names it sets; a name
+    /// pushed twice is sent twice).
     #[inline]
     pub fn push(&mut self, name: HeaderName, value: HeaderValue) {
         self.list.push((name, value));
-    }
-
-    /// Sets `name` to `value`, replacing an earlier value of that name.
-    pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
-        match self.list.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = value,
-            None => self.list.push((name, value)),
-        }
     }
 
     /// The value of `name` (any case).
@@ -305,23 +297,11 @@ fn write_head(out: &mut Vec<u8>, endpoint: &Endpoint, parts: &Parts, extra: &Ext
         None => out.extend_from_slice(endpoint.authority.as_bytes()),
     }
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        // Framing is this hop's (written below); the body is sent without waiting for 100-continue.
-        if name == header::HOST
-            || name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::EXPECT
-            || extra.contains(name)
-        {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in &extra.list {
-        // Framing and Host stay this hop's, whatever a caller set.
+    // Framing and Host are this hop's (written above and below; the body is sent without waiting
+    // for 100-continue), whatever the request or the extra headers say; an extra header replaces
+    // the request's own of its name.
+    let own = parts.headers.iter().filter(|(name, _)| !extra.contains(name));
+    for (name, value) in own.chain(extra.list.iter().map(|(n, v)| (n, v))) {
         if name == header::HOST
             || name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
@@ -957,11 +937,10 @@ mod tests {
         h.append("x-user-id", HeaderValue::from_static("spoofed-2"));
         h.insert("x-kept", HeaderValue::from_static("mine"));
         let mut extra = ExtraHeaders::with_capacity(4);
-        extra.set(HeaderName::from_static("x-user-id"), HeaderValue::from_static("first"));
-        extra.set(HeaderName::from_static("x-user-id"), HeaderValue::from_static("user-7"));
-        extra.set(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
-        extra.set(header::HOST, HeaderValue::from_static("spoofed.example"));
-        extra.set(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        extra.push(HeaderName::from_static("x-user-id"), HeaderValue::from_static("user-7"));
+        extra.push(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+        extra.push(header::HOST, HeaderValue::from_static("spoofed.example"));
+        extra.push(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
         assert_eq!(extra.get("X-User-Id").map(|v| v.as_bytes()), Some(&b"user-7"[..]));
         let (parts, body) = req.into_parts();
         let response = send_parts(&endpoint, &parts, &extra, body).await.expect("answer");

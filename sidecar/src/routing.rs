@@ -32,20 +32,18 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Err(PathError::NotAbsolute);
     }
     let bytes = path.as_bytes();
-    // Most paths are cleared by one scan: no '%', no '\\', no "//" and no "/." (a dot segment can
-    // only start there).
+    // One scan finds what needs work: '%' or '\\', "//", and "/." (where a dot segment can start;
+    // only then are the segments compared, since "/.well-known" is normal).
+    let (mut escapes, mut double_slash, mut slash_dot) = (false, false, false);
     let mut prev = 0u8;
-    let clean = bytes.iter().all(|&b| {
-        let ok = b != b'%' && b != b'\\' && !(prev == b'/' && (b == b'/' || b == b'.'));
+    for &b in bytes {
+        escapes |= b == b'%' || b == b'\\';
+        double_slash |= prev == b'/' && b == b'/';
+        slash_dot |= prev == b'/' && b == b'.';
         prev = b;
-        ok
-    });
-    if clean {
-        return Ok(Cow::Borrowed(path));
     }
-    let dot_segment = path.split('/').any(|s| s == "." || s == "..");
-    let simple = !path.contains(['%', '\\']) && !path.contains("//") && !dot_segment;
-    if simple {
+    let dot_segment = slash_dot && path.split('/').any(|s| s == "." || s == "..");
+    if !escapes && !double_slash && !dot_segment {
         return Ok(Cow::Borrowed(path));
     }
     // 1. Percent-decoding of unreserved characters.
