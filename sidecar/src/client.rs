@@ -287,6 +287,21 @@ impl ExtraHeaders {
     }
 }
 
+/// Headers the client writes itself from the endpoint and the body's framing.
+fn this_hops(name: &HeaderName) -> bool {
+    name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || name == header::EXPECT
+}
+
+fn write_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 fn write_head(out: &mut Vec<u8>, endpoint: &Endpoint, parts: &Parts, extra: &ExtraHeaders, framing: Framing) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -299,20 +314,16 @@ fn write_head(out: &mut Vec<u8>, endpoint: &Endpoint, parts: &Parts, extra: &Ext
     out.extend_from_slice(b"\r\n");
     // Framing and Host are this hop's (written above and below; the body is sent without waiting
     // for 100-continue), whatever the request or the extra headers say; an extra header replaces
-    // the request's own of its name.
-    let own = parts.headers.iter().filter(|(name, _)| !extra.contains(name));
-    for (name, value) in own.chain(extra.list.iter().map(|(n, v)| (n, v))) {
-        if name == header::HOST
-            || name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::EXPECT
-        {
-            continue;
+    // the request's own of its name. (Two plain loops: a chained iterator cost ~250 instructions.)
+    for (name, value) in &parts.headers {
+        if !this_hops(name) && !extra.contains(name) {
+            write_header(out, name, value);
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &extra.list {
+        if !this_hops(name) {
+            write_header(out, name, value);
+        }
     }
     match framing {
         // GET and the like say nothing about an empty body; others say it is empty.

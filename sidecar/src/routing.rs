@@ -40,6 +40,9 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         escapes |= b == b'%' || b == b'\\';
         double_slash |= prev == b'/' && b == b'/';
         slash_dot |= prev == b'/' && b == b'.';
+        if escapes || double_slash {
+            break; // rewritten whatever else is there
+        }
         prev = b;
     }
     let dot_segment = slash_dot && path.split('/').any(|s| s == "." || s == "..");
