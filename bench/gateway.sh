@@ -9,6 +9,7 @@
 #
 #   bench/gateway.sh        Knobs: ROUNDS=3 DURATION=10s (passed to proxy-compare.sh), SKIP_C1=0,
 #                           ONLY_MISS=0 (1: the cache-miss runs only, no cache/Redis/cold-start runs),
+#                           ONLY_REDIS=0 (1: the Redis runs only),
 #                           BASELINE=path/to/an/older/gateway (measured in the same runs as "baseline")
 #
 # Every target gets the same `Authorization: Bearer <token>` header (nginx and HAProxy ignore it): the
@@ -60,6 +61,7 @@ api PUT /api/gateway/routes '{"routes":[{"id":"bench","path":"/api/*","serviceId
 ready() { for _ in $(seq 100); do [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $AUTH" "http://127.0.0.1:$1/api/bench") == 200 ]] && break; sleep 0.1; done; }
 ready 18090
 
+if [[ ${ONLY_REDIS:-0} != 1 ]]; then
 targets=(direct=18080 nginx=18081 haproxy=18082 gateway=18090)
 if [[ -n ${BASELINE:-} ]]; then
     GATEWAY_BIN=$BASELINE start_gateway baseline 18092
@@ -76,6 +78,7 @@ fi
 targets=(direct=18080 nginx=18081 gateway-cache=18090)
 [[ -n ${BASELINE:-} ]] && targets+=(baseline-cache=18092)
 URLPATH=/api/cached/item OUT="$OUT/cache" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/cache.md"
+fi
 
 # The same route with the limit in Redis (a second gateway; same control plane).
 start_gateway gw-redis 18091 REDIS_URL="$REDIS_URL"
@@ -88,6 +91,23 @@ if [[ -n ${BASELINE:-} ]]; then
 fi
 OUT="$OUT/redis" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/redis.md"
 echo "gateway-redis fallback: $(curl -s -H "Authorization: $AUTH" http://127.0.0.1:18091/api/gateway/metrics | grep -o '"redis":{[^}]*}')" | tee -a "$OUT/results.txt"
+
+# Redis's own CPU per decided request, each gateway alone for 5 s at c=50: the script's time in
+# Redis (INFO commandstats, EVALSHA) over the requests the gateway's batches decided.
+redis_cost() { # redis_cost NAME PORT
+    local before after calls checks usec
+    before=$(curl -s -H "Authorization: $AUTH" "http://127.0.0.1:$2/api/gateway/metrics" | grep -o '"redis":{[^}]*}' | grep -o '"checks":[0-9]*' | cut -d: -f2)
+    redis-cli -u "$REDIS_URL" CONFIG RESETSTAT >/dev/null
+    wrk -t1 -c50 -d5s -H "Authorization: $AUTH" "http://127.0.0.1:$2/api/bench" >"$OUT/redis-cost-$1.txt"
+    usec=$(redis-cli -u "$REDIS_URL" INFO commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_evalsha:/ {print $4}')
+    calls=$(redis-cli -u "$REDIS_URL" INFO commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_evalsha:/ {print $2}')
+    after=$(curl -s -H "Authorization: $AUTH" "http://127.0.0.1:$2/api/gateway/metrics" | grep -o '"redis":{[^}]*}' | grep -o '"checks":[0-9]*' | cut -d: -f2)
+    checks=$((after - before))
+    echo "$1: $checks requests decided in $calls script calls ($(awk -v c="$checks" -v n="$calls" 'BEGIN{printf "%.1f", c / n}') per call), Redis $(awk -v u="$usec" -v c="$checks" 'BEGIN{printf "%.2f", u / c}') us of script time per request, $(awk '/Requests\/sec/ {print $2}' "$OUT/redis-cost-$1.txt") req/s" | tee -a "$OUT/results.txt"
+}
+redis_cost gateway-redis 18091
+[[ -n ${BASELINE:-} ]] && redis_cost baseline-redis 18093
+[[ ${ONLY_REDIS:-0} == 1 ]] && exit 0
 
 # Cold start: exec to the first proxied 200, with the routes and endpoints from the saved config
 # of the first gateway's node name (what a restarted gateway does) and the control plane up.

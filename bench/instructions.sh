@@ -5,7 +5,8 @@
 #
 #   bench/instructions.sh [gateway|sidecar|nginx]   Knobs: NREQ=4000 (requests counted within 40 s, after 500 unmeasured),
 #                                             BASELINE=path/to/an/older/binary (counted the same way),
-#                                             URLPATH=/api/bench (gateway: /api/cached/x for cache hits)
+#                                             URLPATH=/api/bench (gateway: /api/cached/x for cache hits),
+#                                             LIMIT_REDIS=redis://127.0.0.1:6379 (gateway: the limit in Redis)
 #
 # The gateway runs the bench route (route match + HS256 JWT + per-user limit, cache miss); the sidecar
 # proxies `GET /` to the kit's backend; `nginx` counts the peer kit's nginx proxy config (one process,
@@ -47,7 +48,7 @@ count() { # count NAME BINARY PORT: instructions per request of BINARY under cal
     elif [[ $WHAT == gateway ]]; then
         url="http://127.0.0.1:$port${URLPATH:-/api/bench}"
         (cd "$dir" && exec env PORT="$port" BIND_ADDR=127.0.0.1 ORCHESTRATION_URL=http://127.0.0.1:15291 WORKER_THREADS=1 \
-            JWT_SECRET="$SECRET" RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$binary") >"$dir/log" 2>&1 &
+            ${LIMIT_REDIS:+REDIS_URL=$LIMIT_REDIS} JWT_SECRET="$SECRET" RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$binary") >"$dir/log" 2>&1 &
     else
         url="http://127.0.0.1:$port/"
         (cd "$dir" && exec env OUTBOUND_ADDR=127.0.0.1:$port ADMIN_ADDR=127.0.0.1:$((port + 1)) ORCHESTRATION_URL=http://127.0.0.1:15291 \
