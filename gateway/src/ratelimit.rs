@@ -261,11 +261,7 @@ async fn batches(
 
 /// One script call for `batch`; every request gets its answer or the error.
 async fn decide(mut conn: redis::aio::ConnectionManager, script: &redis::Script, batch: Vec<Ask>, timeout: Duration) {
-    let mut invocation = script.prepare_invoke();
-    for ask in &batch {
-        invocation.key(ask.key.as_str()).arg(&ask.interval[..]).arg(&ask.tolerance[..]);
-    }
-    let answers = match tokio::time::timeout(timeout, invocation.invoke_async::<redis::Value>(&mut conn)).await {
+    let answers = match tokio::time::timeout(timeout, evaluate(&mut conn, script, &batch)).await {
         Ok(Ok(redis::Value::BulkString(reply))) => parse_answers(&reply, batch.len()),
         Ok(Ok(other)) => Err(format!("the script answered {other:?}, not a string")),
         Ok(Err(e)) => Err(e.to_string()),
@@ -282,6 +278,33 @@ async fn decide(mut conn: redis::aio::ConnectionManager, script: &redis::Script,
                 let _ = ask.answer.send(Err(why.clone()));
             }
         }
+    }
+}
+
+/// `EVALSHA` of the script for `batch`, loading it first if Redis does not have it (a restarted
+/// Redis). Built as one command (every argument in one buffer) rather than through
+/// `ScriptInvocation`, which keeps each key and argument in its own allocation and copies them all
+/// again into the command.
+async fn evaluate(
+    conn: &mut redis::aio::ConnectionManager,
+    script: &redis::Script,
+    batch: &[Ask],
+) -> redis::RedisResult<redis::Value> {
+    let data = batch.iter().map(|ask| ask.key.len() + ask.interval.len() + ask.tolerance.len()).sum::<usize>();
+    let mut cmd = redis::Cmd::with_capacity(3 + 3 * batch.len(), 64 + data);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(batch.len());
+    for ask in batch {
+        cmd.arg(ask.key.as_str());
+    }
+    for ask in batch {
+        cmd.arg(&ask.interval[..]).arg(&ask.tolerance[..]);
+    }
+    match cmd.query_async(conn).await {
+        Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            redis::cmd("SCRIPT").arg("LOAD").arg(GCRA).query_async::<()>(conn).await?;
+            cmd.query_async(conn).await
+        }
+        answer => answer,
     }
 }
 
@@ -501,5 +524,27 @@ mod tests {
         assert_eq!(remaining[1], (0..20).collect::<Vec<u32>>());
         assert_eq!(limited, [45, 30]);
         assert_eq!(shared.stats.redis_errors.load(Ordering::Relaxed), 0);
+    }
+
+    /// A Redis that lost its scripts (restarted, or `SCRIPT FLUSH`) gets the script again and the
+    /// check is decided there, not by the fallback.
+    #[tokio::test]
+    async fn a_flushed_script_is_loaded_again() {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let (mut conn, up) = connect_redis(&url, Duration::from_secs(2)).await.expect("redis");
+        assert!(up, "Redis at {url} must be running for this test");
+        let shared = Shared::new(conn.clone(), up, Duration::from_secs(2), FailureMode::Closed);
+        let two = limit(2, "1h");
+        let key = format!("test-flush-{}", std::process::id());
+        for expected in [1, 0] {
+            redis::cmd("SCRIPT").arg("FLUSH").query_async::<()>(&mut conn).await.expect("flush");
+            match shared.check(&two, &key).await {
+                Decision::Allowed { remaining, .. } => assert_eq!(remaining, expected),
+                other => panic!("expected an allowance, got {other:?}"),
+            }
+        }
+        assert!(matches!(shared.check(&two, &key).await, Decision::Limited { .. }));
+        assert_eq!(shared.stats.redis_errors.load(Ordering::Relaxed), 0);
+        assert_eq!(shared.stats.fallback_decisions.load(Ordering::Relaxed), 0);
     }
 }
