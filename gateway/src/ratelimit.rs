@@ -130,8 +130,9 @@ impl RouteLimiter {
 }
 
 /// GCRA for a batch of requests in one round trip. KEYS: each request's caller key (a key may
-/// come twice: the calls are decided in order). ARGV: per key its emission interval and burst
-/// tolerance (µs, may have fractions). Returns one string, per key `allowed(0/1) remaining
+/// come twice: the calls are decided in order). ARGV: runs of keys under one limit, each as
+/// `count, emission interval, burst tolerance` (µs, may have fractions; a batch of one route's
+/// requests is one run). Returns one string, per key `allowed(0/1) remaining
 /// retry-after(µs) reset(µs)` joined by commas (see [`parse_answers`]): one bulk reply is far cheaper
 /// for the client to parse than four integers per key. Redis's own clock, so every replica measures
 /// time alike. A key that
@@ -144,25 +145,30 @@ local out = {}
 local tats = {}
 local written = {}
 local order = {}
-for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local tolerance = tonumber(ARGV[2 * i])
-  local tat = tats[key]
-  if tat == nil then tat = tonumber(redis.call('GET', key) or now) end
-  if tat < now then tat = now end
-  local new_tat = tat + interval
-  local allow_at = new_tat - tolerance - interval
-  if now < allow_at then
-    tats[key] = tat
-    out[i] = string.format('0 0 %d %d', math.ceil(allow_at - now), math.ceil(tat - now))
-  else
-    tats[key] = new_tat
-    if written[key] == nil then
-      written[key] = true
-      order[#order + 1] = key
+local i = 0
+for run = 1, #ARGV, 3 do
+  local interval = tonumber(ARGV[run + 1])
+  local tolerance = tonumber(ARGV[run + 2])
+  for _ = 1, tonumber(ARGV[run]) do
+    i = i + 1
+    local key = KEYS[i]
+    local tat = tats[key]
+    if tat == nil then tat = tonumber(redis.call('GET', key) or now) end
+    if tat < now then tat = now end
+    local new_tat = tat + interval
+    local allow_at = new_tat - tolerance - interval
+    if now < allow_at then
+      tats[key] = tat
+      out[i] = string.format('0 0 %d %d', math.ceil(allow_at - now), math.ceil(tat - now))
+    else
+      tats[key] = new_tat
+      if written[key] == nil then
+        written[key] = true
+        order[#order + 1] = key
+      end
+      local remaining = math.floor((tolerance + interval - (new_tat - now)) / interval)
+      out[i] = string.format('1 %d 0 %d', remaining, math.ceil(new_tat - now))
     end
-    local remaining = math.floor((tolerance + interval - (new_tat - now)) / interval)
-    out[i] = string.format('1 %d 0 %d', remaining, math.ceil(new_tat - now))
   end
 end
 for _, key in ipairs(order) do
@@ -290,14 +296,18 @@ async fn evaluate(
     script: &redis::Script,
     batch: &[Ask],
 ) -> redis::RedisResult<redis::Value> {
-    let data = batch.iter().map(|ask| ask.key.len() + ask.interval.len() + ask.tolerance.len()).sum::<usize>();
-    let mut cmd = redis::Cmd::with_capacity(3 + 3 * batch.len(), 64 + data);
+    let data = batch.iter().map(|ask| ask.key.len()).sum::<usize>();
+    let mut cmd = redis::Cmd::with_capacity(6 + batch.len(), 128 + data);
     cmd.arg("EVALSHA").arg(script.get_hash()).arg(batch.len());
     for ask in batch {
         cmd.arg(ask.key.as_str());
     }
-    for ask in batch {
-        cmd.arg(&ask.interval[..]).arg(&ask.tolerance[..]);
+    // Runs of consecutive requests under one limit: `count, interval, tolerance` each.
+    let mut rest = batch;
+    while let Some(first) = rest.first() {
+        let count = rest.iter().take_while(|a| a.interval == first.interval && a.tolerance == first.tolerance).count();
+        cmd.arg(count).arg(&first.interval[..]).arg(&first.tolerance[..]);
+        rest = &rest[count..];
     }
     match cmd.query_async(conn).await {
         Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
