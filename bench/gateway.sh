@@ -4,6 +4,7 @@
 #
 #   1. route match + JWT (HS256) check + per-user rate limit (local), cache miss   -> c50.md, c1.md
 #   2. the same with the rate limit shared in Redis                                  -> redis.md
+#      and Redis's script time per request (INFO commandstats; resets Redis's stats)  -> results.txt
 #   3. a cached route (every request a hit)                                          -> cache.md
 #   then the cold start to the first proxied 200 (startup.txt).
 #
@@ -62,22 +63,22 @@ ready() { for _ in $(seq 100); do [[ $(curl -s -o /dev/null -w '%{http_code}' -H
 ready 18090
 
 if [[ ${ONLY_REDIS:-0} != 1 ]]; then
-targets=(direct=18080 nginx=18081 haproxy=18082 gateway=18090)
-if [[ -n ${BASELINE:-} ]]; then
-    GATEWAY_BIN=$BASELINE start_gateway baseline 18092
-    ready 18092
-    targets+=(baseline=18092)
-fi
-OUT="$OUT/c50" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/c50.md"
-if [[ ${SKIP_C1:-0} != 1 ]]; then
-    CONNS=1 OUT="$OUT/c1" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/c1.md"
-fi
-[[ ${ONLY_MISS:-0} == 1 ]] && exit 0
+    targets=(direct=18080 nginx=18081 haproxy=18082 gateway=18090)
+    if [[ -n ${BASELINE:-} ]]; then
+        GATEWAY_BIN=$BASELINE start_gateway baseline 18092
+        ready 18092
+        targets+=(baseline=18092)
+    fi
+    OUT="$OUT/c50" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/c50.md"
+    if [[ ${SKIP_C1:-0} != 1 ]]; then
+        CONNS=1 OUT="$OUT/c1" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/c1.md"
+    fi
+    [[ ${ONLY_MISS:-0} == 1 ]] && exit 0
 
-# Cache hits: every request after the first is answered from the gateway's cache.
-targets=(direct=18080 nginx=18081 gateway-cache=18090)
-[[ -n ${BASELINE:-} ]] && targets+=(baseline-cache=18092)
-URLPATH=/api/cached/item OUT="$OUT/cache" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/cache.md"
+    # Cache hits: every request after the first is answered from the gateway's cache.
+    targets=(direct=18080 nginx=18081 gateway-cache=18090)
+    [[ -n ${BASELINE:-} ]] && targets+=(baseline-cache=18092)
+    URLPATH=/api/cached/item OUT="$OUT/cache" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/cache.md"
 fi
 
 # The same route with the limit in Redis (a second gateway; same control plane).
@@ -99,8 +100,7 @@ redis_cost() { # redis_cost NAME PORT
     before=$(curl -s -H "Authorization: $AUTH" "http://127.0.0.1:$2/api/gateway/metrics" | grep -o '"redis":{[^}]*}' | grep -o '"checks":[0-9]*' | cut -d: -f2)
     redis-cli -u "$REDIS_URL" CONFIG RESETSTAT >/dev/null
     wrk -t1 -c50 -d5s -H "Authorization: $AUTH" "http://127.0.0.1:$2/api/bench" >"$OUT/redis-cost-$1.txt"
-    usec=$(redis-cli -u "$REDIS_URL" INFO commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_evalsha:/ {print $4}')
-    calls=$(redis-cli -u "$REDIS_URL" INFO commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_evalsha:/ {print $2}')
+    read -r calls usec < <(redis-cli -u "$REDIS_URL" INFO commandstats | tr -d '\r' | awk -F'[=,]' '/^cmdstat_evalsha:/ {print $2, $4}')
     after=$(curl -s -H "Authorization: $AUTH" "http://127.0.0.1:$2/api/gateway/metrics" | grep -o '"redis":{[^}]*}' | grep -o '"checks":[0-9]*' | cut -d: -f2)
     checks=$((after - before))
     echo "$1: $checks requests decided in $calls script calls ($(awk -v c="$checks" -v n="$calls" 'BEGIN{printf "%.1f", c / n}') per call), Redis $(awk -v u="$usec" -v c="$checks" 'BEGIN{printf "%.2f", u / c}') us of script time per request, $(awk '/Requests\/sec/ {print $2}' "$OUT/redis-cost-$1.txt") req/s" | tee -a "$OUT/results.txt"

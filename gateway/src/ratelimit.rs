@@ -129,15 +129,16 @@ impl RouteLimiter {
     }
 }
 
-/// GCRA for a batch of requests in one round trip. KEYS: each request's caller key (a key may
-/// come twice: the calls are decided in order). ARGV: runs of keys under one limit, each as
-/// `count, emission interval, burst tolerance` (µs, may have fractions; a batch of one route's
-/// requests is one run). Returns one string, per key `allowed(0/1) remaining
-/// retry-after(µs) reset(µs)` joined by commas (see [`parse_answers`]): one bulk reply is far cheaper
-/// for the client to parse than four integers per key. Redis's own clock, so every replica measures
-/// time alike. A key that
-/// comes several times is read once and written once, after the batch (one caller's burst is one
-/// GET and one SET however many of its requests the batch holds).
+/// GCRA for a batch of requests in one round trip, timed by Redis's own clock so every replica
+/// measures time alike.
+/// - KEYS: each request's caller key. A key may come several times (the requests are decided in
+///   order); it is read once and written once, after the batch, so a caller's burst costs one
+///   `GET` and one `SET` however many of its requests the batch holds.
+/// - ARGV: runs of consecutive keys under one limit, each as `count, emission interval, burst
+///   tolerance` (µs, may have fractions); a batch of one route's requests is one run.
+/// - Returns one string: per key `allowed(0/1) remaining retry-after(µs) reset(µs)`, joined by
+///   commas ([`parse_answers`]); one bulk reply is far cheaper for the client to parse than four
+///   integers per key.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
