@@ -312,7 +312,7 @@ async fn evaluate(
     }
     match cmd.query_async(conn).await {
         Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            redis::cmd("SCRIPT").arg("LOAD").arg(GCRA).query_async::<()>(conn).await?;
+            script.load_async(conn).await?;
             cmd.query_async(conn).await
         }
         answer => answer,
@@ -321,26 +321,9 @@ async fn evaluate(
 
 /// The script's reply for `n` keys: `allowed remaining retry-after reset` per key, joined by commas.
 fn parse_answers(reply: &[u8], n: usize) -> Result<Vec<GcraAnswer>, String> {
-    fn number(field: Option<&[u8]>) -> Option<u64> {
-        let field = field?;
-        if field.is_empty() || field.len() > 19 || !field.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        Some(field.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
-    }
     let mut answers = Vec::with_capacity(n);
     for one in reply.split(|&b| b == b',') {
-        let mut fields = one.split(|&b| b == b' ');
-        let answer = (|| {
-            let allowed = match number(fields.next())? {
-                0 => 0,
-                1 => 1,
-                _ => return None,
-            };
-            let answer = (allowed, number(fields.next())?, number(fields.next())?, number(fields.next())?);
-            fields.next().is_none().then_some(answer)
-        })();
-        match answer {
+        match parse_answer(one) {
             Some(answer) => answers.push(answer),
             None => return Err(format!("the script answered {:?}", String::from_utf8_lossy(reply))),
         }
@@ -349,6 +332,18 @@ fn parse_answers(reply: &[u8], n: usize) -> Result<Vec<GcraAnswer>, String> {
         return Err(format!("the script answered {} decisions for {n} keys", answers.len()));
     }
     Ok(answers)
+}
+
+/// One key's `allowed(0/1) remaining retry-after reset`, each a plain decimal number.
+fn parse_answer(one: &[u8]) -> Option<GcraAnswer> {
+    let mut fields = one.split(|&b| b == b' ').map(|field| {
+        let digits = !field.is_empty() && field.len() <= 19 && field.iter().all(u8::is_ascii_digit);
+        digits.then(|| field.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+    });
+    let mut next = || fields.next().flatten();
+    let allowed = u8::try_from(next()?).ok().filter(|a| *a <= 1)?;
+    let answer = (allowed, next()?, next()?, next()?);
+    fields.next().is_none().then_some(answer)
 }
 
 /// A Redis connection (multiplexed, reconnecting); `false` when Redis did not answer at start (the
