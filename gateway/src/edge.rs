@@ -13,8 +13,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full, Limited};
-use hyper::body::Incoming;
-use reskflow_sidecar::proxy::{serve_http, Proxy, ProxyBody, ServeLimits};
+use reskflow_sidecar::proxy::{Proxy, ProxyBody};
+use reskflow_sidecar::server::{serve_http, Inbound, ServeLimits};
 use reskflow_sidecar::routing::{self, fill_target};
 use reskflow_sidecar::upstreams::Upstreams;
 use tokio::net::TcpListener;
@@ -89,7 +89,7 @@ impl Edge {
         .await;
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<EdgeBody> {
+    pub async fn handle(&self, req: Request<Inbound>, peer: SocketAddr) -> Response<EdgeBody> {
         let path = match routing::normalize(req.uri().path()) {
             Ok(path) => path,
             Err(err) => return error(StatusCode::BAD_REQUEST, "invalid_path", &err.to_string()),
@@ -149,7 +149,7 @@ impl Edge {
     async fn through(
         &self,
         route: &CompiledRoute,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         mut upstream_path: String,
         params: Vec<(String, String)>,
         peer: SocketAddr,
@@ -468,7 +468,7 @@ impl Edge {
 
     /// The REST API; with authentication on, callers need the admin role (health, readiness and
     /// metrics stay open).
-    async fn management(&self, mut req: Request<Incoming>, path: &str) -> Response<EdgeBody> {
+    async fn management(&self, mut req: Request<Inbound>, path: &str) -> Response<EdgeBody> {
         if req.uri().path() != path {
             // The REST API routes on the normalized path, as the routes do.
             let target = match req.uri().query() {

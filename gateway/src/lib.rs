@@ -391,7 +391,7 @@ pub async fn run(
         limits,
         metrics,
         cache,
-        serve_limits: reskflow_sidecar::proxy::ServeLimits {
+        serve_limits: reskflow_sidecar::server::ServeLimits {
             header_read_timeout: config.header_read_timeout,
             max_header_bytes: config.max_header_bytes,
         },

@@ -33,17 +33,18 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::balance::Endpoint;
 use crate::clock;
+use crate::server::Inbound;
 
 /// What the data plane sends upstream: the caller's body streamed through (within a size limit:
 /// the gateway's per-route limit, none in the sidecar), or bytes it built (an empty body for a
 /// retried request, a validated or transformed one in the gateway).
-pub type RequestBody = Either<Limited<Incoming>, Full<Bytes>>;
+pub type RequestBody = Either<Limited<Inbound>, Full<Bytes>>;
 
 /// Answers up to this size (by `Content-Length`) are read whole before the head is passed on.
 pub const BUFFER_UP_TO: u64 = 64 * 1024;
@@ -378,7 +379,7 @@ async fn exchange(
     conn: &mut Conn,
     head: &[u8],
     rest: Option<&Bytes>,
-    stream: Option<&mut Limited<Incoming>>,
+    stream: Option<&mut Limited<Inbound>>,
     framing: Framing,
     head_request: bool,
 ) -> Result<(Head, Plan), Failure> {
@@ -433,7 +434,7 @@ async fn exchange(
 }
 
 /// Sends a streamed request body, chunked when its length is not known.
-async fn write_stream(io: &mut TcpStream, body: &mut Limited<Incoming>, framing: Framing) -> Result<(), SendError> {
+async fn write_stream(io: &mut TcpStream, body: &mut Limited<Inbound>, framing: Framing) -> Result<(), SendError> {
     let chunked = matches!(framing, Framing::Chunked);
     let mut sent = 0u64;
     while let Some(frame) = body.frame().await {

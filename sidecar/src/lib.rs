@@ -8,6 +8,7 @@
 //! - `health::outlier`: passive outlier detection and ejection, as Envoy's.
 //! - `clock`: the cheap monotonic millisecond clock they share.
 //! - `client`: HTTP/1.1 connections pooled per endpoint.
+//! - `server`: the HTTP server (its own HTTP/1.1 connection loop; HTTP/2 through hyper).
 //! - `retry_budget`: the lock-free retry budget.
 //! - `routing`: gateway route matching (path normalization, most specific route).
 //!
@@ -34,4 +35,5 @@ pub mod registration;
 pub mod retry_budget;
 pub mod routing;
 pub mod run;
+pub mod server;
 pub mod upstreams;

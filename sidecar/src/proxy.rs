@@ -5,14 +5,11 @@
 //! bodies stream both ways), feed the outcome to the endpoint's latency EWMA, outlier detection and
 //! the breaker, and retry safe bodiless requests within the retry budget.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::FutureExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -20,18 +17,18 @@ use http_body_util::{Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioExecutor;
 use reskflow_proto::policy::{FailureKind, Fallback};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::balance::PickContext;
 use crate::breaker::{Outcome, Rejected};
 use crate::client::{self, ExtraHeaders, PooledBody, RequestBody};
 use crate::clock;
 use crate::health::outlier::Answer;
+use crate::server::{serve_http, Inbound, ServeLimits};
 use crate::upstreams::{Upstream, Upstreams};
 
 /// An upstream's response body: HTTP/1.1 from the endpoint's pool, or HTTP/2.
@@ -101,7 +98,7 @@ impl Proxy {
         .await;
     }
 
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Inbound>) -> Response<ProxyBody> {
         let (upstream, path) = match route(&req, &self.upstreams, &self.default_upstream) {
             Route::To(upstream, path) => (upstream, path),
             Route::Unknown(service) => {
@@ -408,286 +405,6 @@ impl Proxy {
     }
 }
 
-/// Limits on what a client may send before its request is handled.
-#[derive(Debug, Clone, Copy)]
-pub struct ServeLimits {
-    /// A client that has not sent a whole request head within this is disconnected (slowloris).
-    pub header_read_timeout: Duration,
-    /// Largest request head (HTTP/1.1); larger ones get 431.
-    pub max_header_bytes: usize,
-}
-
-impl Default for ServeLimits {
-    fn default() -> Self {
-        ServeLimits { header_read_timeout: Duration::from_secs(10), max_header_bytes: 64 * 1024 }
-    }
-}
-
-/// Accepts HTTP/1.1 and HTTP/2 (prior knowledge) connections on `listener` and answers each request
-/// with `handle(request, peer)`, until `shutdown`; then lets open requests finish (at most 10 s).
-///
-/// An HTTP/1.1 connection must send each request head within `limits.header_read_timeout` of the
-/// moment the server is ready for it (accepted, or the previous answer sent): a client that trickles
-/// a head (slowloris) or leaves a keep-alive connection idle that long is disconnected. One timer
-/// per connection, re-armed only when it fires ([`Watched`]), enforces this; hyper's own header
-/// timeout would arm and cancel a timer (a boxed sleep in the timer wheel) for every request.
-pub async fn serve_http<F, Fut, B>(listener: TcpListener, shutdown: CancellationToken, limits: ServeLimits, handle: F)
-where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let handle = handle.clone();
-        let activity = Arc::new(Activity::new());
-        let seen = activity.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let open = Open::new(&seen);
-            // Boxed once here: the connection keeps a pointer to the request's state rather than
-            // moving the whole state machine into place on every request.
-            let answer = Box::pin(handle(req, peer));
-            answer.map(move |response| Ok::<_, Infallible>(response.map(|body| Tracked { body, open })))
-        });
-        let stream = Sniffed { io: stream, activity: activity.clone(), first: true };
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-        let connection = Watched::new(connection, activity, limits.header_read_timeout);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                debug!(error = %err, "connection ended with an error");
-            }
-        });
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
-}
-
-/// What a connection's watchdog ([`Watched`]) needs to know: requests open on it (from the head
-/// read to the answer's body sent or dropped) and when the last one ended.
-struct Activity {
-    open: AtomicU32,
-    idle_since_ms: AtomicU64,
-    /// HTTP/2 (seen in the connection's first bytes) has its own keep-alive and no head timeout:
-    /// the watchdog stands down.
-    http2: AtomicBool,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            open: AtomicU32::new(0),
-            idle_since_ms: AtomicU64::new(clock::now_ms()),
-            http2: AtomicBool::new(false),
-        }
-    }
-}
-
-/// One open request of a connection; dropped with the answer's body (or the handler, if the
-/// connection ends first).
-struct Open(Arc<Activity>);
-
-impl Open {
-    fn new(activity: &Arc<Activity>) -> Open {
-        activity.open.fetch_add(1, Ordering::Relaxed);
-        Open(activity.clone())
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.idle_since_ms.store(clock::now_ms(), Ordering::Relaxed);
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
-
-pin_project_lite::pin_project! {
-    /// A client connection that tells its watchdog whether it speaks HTTP/2 (its first bytes are the
-    /// HTTP/2 preface): an HTTP/2 connection idle before its first request is not a slow head.
-    struct Sniffed {
-        #[pin]
-        io: tokio::net::TcpStream,
-        activity: Arc<Activity>,
-        first: bool,
-    }
-}
-
-impl tokio::io::AsyncRead for Sniffed {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.project();
-        if !*this.first {
-            return this.io.poll_read(cx, buf);
-        }
-        let before = buf.filled().len();
-        std::task::ready!(this.io.poll_read(cx, buf))?;
-        let read = &buf.filled()[before..];
-        if !read.is_empty() {
-            *this.first = false;
-            let n = read.len().min(HTTP2_PREFACE.len());
-            if read[..n] == HTTP2_PREFACE[..n] {
-                this.activity.http2.store(true, Ordering::Relaxed);
-            }
-        }
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-impl tokio::io::AsyncWrite for Sniffed {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// An answer's body, holding its request open until it is sent or dropped.
-    struct Tracked<B> {
-        #[pin]
-        body: B,
-        open: Open,
-    }
-}
-
-impl<B: Body> Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
-        self.project().body.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A connection with its head-read watchdog: one sleep, armed for the earliest moment the
-    /// connection could have waited too long for a head, and polled only when armed anew or
-    /// elapsed, so requests cost it nothing. When it fires: HTTP/2: the watchdog stops; requests
-    /// open: re-armed a full timeout later; idle for the whole timeout: the connection is dropped
-    /// (closed); idle for less: re-armed for the rest.
-    struct Watched<C> {
-        #[pin]
-        connection: C,
-        #[pin]
-        sleep: tokio::time::Sleep,
-        activity: Arc<Activity>,
-        timeout: Duration,
-        armed: bool,
-        off: bool,
-    }
-}
-
-impl<C> Watched<C> {
-    fn new(connection: C, activity: Arc<Activity>, timeout: Duration) -> Watched<C> {
-        Watched { connection, sleep: tokio::time::sleep(timeout), activity, timeout, armed: true, off: false }
-    }
-}
-
-impl<C, E> std::future::Future for Watched<C>
-where
-    C: std::future::Future<Output = Result<(), E>>,
-{
-    type Output = Result<(), E>;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        use std::task::Poll;
-        let mut this = self.project();
-        if let Poll::Ready(done) = this.connection.poll(cx) {
-            return Poll::Ready(done);
-        }
-        if *this.off || !(*this.armed || this.sleep.is_elapsed()) {
-            return Poll::Pending;
-        }
-        *this.armed = false;
-        while this.sleep.as_mut().poll(cx).is_ready() {
-            let activity = &**this.activity;
-            if activity.http2.load(Ordering::Relaxed) {
-                *this.off = true;
-                return Poll::Pending;
-            }
-            let wait = if activity.open.load(Ordering::Relaxed) > 0 {
-                *this.timeout
-            } else {
-                let idle = clock::now_ms().saturating_sub(activity.idle_since_ms.load(Ordering::Relaxed));
-                let timeout_ms = u64::try_from(this.timeout.as_millis()).unwrap_or(u64::MAX);
-                if idle >= timeout_ms {
-                    debug!(timeout = ?this.timeout, "no request head in time: closing the connection");
-                    return Poll::Ready(Ok(()));
-                }
-                Duration::from_millis(timeout_ms - idle)
-            };
-            this.sleep.as_mut().reset(tokio::time::Instant::now() + wait);
-        }
-        Poll::Pending
-    }
-}
-
 fn breaker_open(upstream: &Upstream, rejected: Rejected) -> Response<ProxyBody> {
     let mut response = json_error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -714,7 +431,7 @@ enum Route {
 
 /// Which upstream a request names: `Host: <service>[:port]`, else the first path segment (removed
 /// from the path), else the default upstream. Each candidate is looked up once.
-fn route(req: &Request<Incoming>, upstreams: &Upstreams, default: &str) -> Route {
+fn route(req: &Request<Inbound>, upstreams: &Upstreams, default: &str) -> Route {
     let host = req.uri().host().or_else(|| {
         req.headers()
             .get(header::HOST)
@@ -894,118 +611,5 @@ mod tests {
         let mut plain = map(&[("host", "x"), ("accept", "*/*")]);
         strip_hop_by_hop(&mut plain);
         assert_eq!(names(&plain), ["accept", "host"]);
-    }
-
-    mod head_timeout {
-        use std::time::Duration;
-
-        use bytes::Bytes;
-        use http::{Request, Response};
-        use http_body_util::StreamBody;
-        use hyper::body::{Frame, Incoming};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        use tokio::net::{TcpListener, TcpStream};
-        use tokio_util::sync::CancellationToken;
-
-        use super::super::{serve_http, ServeLimits};
-
-        const TIMEOUT: Duration = Duration::from_millis(300);
-        /// Far longer than TIMEOUT: how long a test waits for something that must happen.
-        const PATIENCE: Duration = Duration::from_secs(10);
-
-        type Streamed = StreamBody<futures::stream::BoxStream<'static, Result<Frame<Bytes>, std::io::Error>>>;
-
-        /// A server whose `/slow` answers after 3 timeouts, `/stream` sends its body over 3 timeouts,
-        /// and anything else answers at once.
-        async fn server() -> (String, CancellationToken) {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("addr").to_string();
-            let shutdown = CancellationToken::new();
-            let limits = ServeLimits { header_read_timeout: TIMEOUT, ..ServeLimits::default() };
-            tokio::spawn(serve_http(listener, shutdown.clone(), limits, |req: Request<Incoming>, _| async move {
-                let body: Streamed = match req.uri().path() {
-                    "/slow" => {
-                        tokio::time::sleep(TIMEOUT * 3).await;
-                        StreamBody::new(Box::pin(futures::stream::iter([Ok(Frame::data(Bytes::from("slow")))])))
-                    }
-                    "/stream" => StreamBody::new(Box::pin(futures::stream::unfold(0, |n| async move {
-                        if n == 6 {
-                            return None;
-                        }
-                        tokio::time::sleep(TIMEOUT / 2).await;
-                        Some((Ok(Frame::data(Bytes::from("x"))), n + 1))
-                    }))),
-                    _ => StreamBody::new(Box::pin(futures::stream::iter([Ok(Frame::data(Bytes::from("ok")))]))),
-                };
-                Response::new(body)
-            }));
-            (addr, shutdown)
-        }
-
-        /// Sends one request on `stream` and reads its whole (chunked) answer.
-        async fn exchange(stream: &mut TcpStream, path: &str) -> String {
-            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-            stream.write_all(request.as_bytes()).await.expect("write");
-            let mut answer = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !answer.ends_with(b"0\r\n\r\n") {
-                let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf)).await.expect("an answer").expect("read");
-                assert!(n > 0, "closed before the answer ended: {}", String::from_utf8_lossy(&answer));
-                answer.extend_from_slice(&buf[..n]);
-            }
-            String::from_utf8_lossy(&answer).into_owned()
-        }
-
-        /// Whether the server closes `stream` (read reaches its end) within PATIENCE.
-        async fn closed(stream: &mut TcpStream) -> bool {
-            let mut rest = Vec::new();
-            matches!(tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest)).await, Ok(Ok(_)))
-        }
-
-        #[tokio::test]
-        async fn a_trickled_head_and_an_idle_keep_alive_connection_are_closed() {
-            let (addr, _shutdown) = server().await;
-            let mut slow = TcpStream::connect(&addr).await.expect("connect");
-            slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.expect("write");
-            for _ in 0..4 {
-                tokio::time::sleep(TIMEOUT / 2).await;
-                if slow.write_all(b"a").await.is_err() {
-                    break;
-                }
-            }
-            assert!(closed(&mut slow).await, "a head still unfinished after the timeout closes the connection");
-
-            let mut idle = TcpStream::connect(&addr).await.expect("connect");
-            assert!(exchange(&mut idle, "/").await.starts_with("HTTP/1.1 200"));
-            assert!(closed(&mut idle).await, "no next request within the timeout closes the connection");
-        }
-
-        #[tokio::test]
-        async fn an_http2_connection_idle_before_its_first_request_is_left_alone() {
-            let (addr, _shutdown) = server().await;
-            let mut h2 = TcpStream::connect(&addr).await.expect("connect");
-            // The preface and an empty SETTINGS frame, then nothing.
-            h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.expect("write");
-            let until = tokio::time::Instant::now() + TIMEOUT * 4;
-            let mut buf = [0u8; 1024];
-            while let Ok(read) = tokio::time::timeout_at(until, h2.read(&mut buf)).await {
-                assert!(matches!(read, Ok(n) if n > 0), "the server closed an HTTP/2 connection: {read:?}");
-            }
-        }
-
-        #[tokio::test]
-        async fn requests_longer_than_the_timeout_and_a_busy_connection_are_left_alone() {
-            let (addr, _shutdown) = server().await;
-            let mut conn = TcpStream::connect(&addr).await.expect("connect");
-            let answer = exchange(&mut conn, "/slow").await;
-            assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("slow"), "{answer}");
-            let answer = exchange(&mut conn, "/stream").await;
-            assert!(answer.starts_with("HTTP/1.1 200") && answer.matches("\r\nx\r\n").count() == 6, "{answer}");
-            // Requests a third of the timeout apart for four timeouts, all on the same connection.
-            for _ in 0..12 {
-                tokio::time::sleep(TIMEOUT / 3).await;
-                assert!(exchange(&mut conn, "/").await.starts_with("HTTP/1.1 200"));
-            }
-        }
     }
 }
