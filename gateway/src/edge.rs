@@ -14,8 +14,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full, Limited};
 use reskflow_sidecar::proxy::{Proxy, ProxyBody};
-use reskflow_sidecar::server::{serve_http, Inbound, ServeLimits};
 use reskflow_sidecar::routing::{self, fill_target};
+use reskflow_sidecar::server::{serve_http, Handler, Inbound, ServeLimits};
 use reskflow_sidecar::upstreams::Upstreams;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -79,14 +79,23 @@ pub struct Edge {
     pub serve_limits: ServeLimits,
 }
 
+impl Handler for Edge {
+    type Body = EdgeBody;
+
+    fn call(
+        &self,
+        req: Request<Inbound>,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = Response<EdgeBody>> + Send + '_ {
+        self.handle(req, peer)
+    }
+}
+
 impl Edge {
     /// Serves until `shutdown`, then lets open requests finish (bounded).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        serve_http(listener, shutdown, self.serve_limits, move |req, peer| {
-            let edge = self.clone();
-            async move { edge.handle(req, peer).await }
-        })
-        .await;
+        let limits = self.serve_limits;
+        serve_http(listener, shutdown, limits, self).await;
     }
 
     pub async fn handle(&self, req: Request<Inbound>, peer: SocketAddr) -> Response<EdgeBody> {
@@ -256,9 +265,9 @@ impl Edge {
                 // state every request carries.
                 Box::pin(self.cached(route, cache, &upstream, request, &upstream_path, identity.as_ref())).await
             }
-            _ => self
-                .proxy
-                .call_with(&upstream, request, Some(&upstream_path), route.timeout, extra)
+            // Boxed too: the call's future is most of this one's size, and this one is moved (copied
+            // whole) twice on its way to the connection; the box is one allocation.
+            _ => Box::pin(self.proxy.call_with(&upstream, request, Some(&upstream_path), route.timeout, extra))
                 .await
                 .map(Either::Left),
         };

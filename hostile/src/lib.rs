@@ -9,6 +9,8 @@
 //! so an input a fuzzer once crashed on stays a test that runs without cargo-fuzz.
 
 use std::collections::BTreeMap;
+
+use bytes::BytesMut;
 use std::sync::{Arc, OnceLock};
 
 use reskflow_control_plane::registry::routes::{normalize_all, table_is_routable};
@@ -24,6 +26,7 @@ use reskflow_proto::pb::registry::v1 as pb;
 use reskflow_proto::registry::{DiscoverQuery, Heartbeat, Instance, SearchQuery, Service};
 use reskflow_proto::route::{Route, RouteFile};
 use reskflow_sidecar::routing::{fill_target, normalize, RouteTable};
+use reskflow_sidecar::server::parse::{parse_head, Decoded, Decoder, Framing, Head, HeadError, MAX_HEADERS};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::fmt::Debug;
@@ -38,6 +41,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("route_config", route_config),
     ("path", path),
     ("rest_body", rest_body),
+    ("http1_request", http1_request),
 ];
 
 fn named(invalid: &Invalid, input: &str) {
@@ -218,6 +222,84 @@ pub fn path(data: &[u8]) {
         if let Some(matched) = sample_table().lookup(&method, &normal) {
             let target = fill_target(matched.value, &matched.params());
             assert!(target.starts_with('/'), "{normal:?} was sent to {target:?}");
+        }
+    }
+}
+
+/// Bytes as an HTTP/1.1 client sends them, read by the data plane's server ([`parse_head`], then
+/// the body's decoder): no panic; a head is read the same whether its bytes come at once or in
+/// two pieces split anywhere; a body decodes to the same bytes (or the same refusal) at once or
+/// one byte at a time, and never takes more bytes than it was given.
+pub fn http1_request(data: &[u8]) {
+    const MAX: usize = 8 * 1024;
+    let whole = parse_head(&mut BytesMut::from(data), MAX);
+    let split = data.len() / 2 + usize::from(data.first().copied().unwrap_or(0)) % (data.len() / 2 + 1);
+    let split = split.min(data.len());
+    let mut piecewise = BytesMut::from(&data[..split]);
+    let first = parse_head(&mut piecewise, MAX);
+    let two = match first {
+        Ok(None) => {
+            piecewise.extend_from_slice(&data[split..]);
+            parse_head(&mut piecewise, MAX)
+        }
+        other => other,
+    };
+    let describe = |r: &Result<Option<Head>, HeadError>| match r {
+        Ok(Some(h)) => {
+            format!("{:?} {:?} {} {:?}", h.request.method(), h.request.uri(), h.request.headers().len(), h.framing)
+        }
+        Ok(None) => "incomplete".to_string(),
+        Err(e) => format!("refused: {e}"),
+    };
+    // A refusal can come earlier from the first piece alone (a malformed start), never a
+    // different acceptance.
+    if let (Ok(Some(_)), Ok(Some(_)) | Ok(None)) | (Ok(None), Ok(Some(_))) = (&whole, &two) {
+        assert_eq!(
+            describe(&whole),
+            describe(&two),
+            "{:?} read at once and split at {split}",
+            String::from_utf8_lossy(data)
+        );
+    }
+    let Ok(Some(head)) = whole else { return };
+    assert!(head.request.headers().len() <= MAX_HEADERS);
+    let body_start = data.len() - parse_rest(data, MAX);
+    let rest = &data[body_start..];
+    let at_once = decode_body(head.framing, rest, rest.len().max(1));
+    let by_byte = decode_body(head.framing, rest, 1);
+    assert_eq!(at_once, by_byte, "the body of {:?} decodes differently by piece size", String::from_utf8_lossy(data));
+}
+
+/// How many bytes follow the head in `data` (the head parsed once more to find its end).
+fn parse_rest(data: &[u8], max: usize) -> usize {
+    let mut buf = BytesMut::from(data);
+    match parse_head(&mut buf, max) {
+        Ok(Some(_)) => buf.len(),
+        _ => 0,
+    }
+}
+
+/// A body's bytes and how many input bytes it took, or its refusal; `Need` at the end of the input
+/// counts as incomplete.
+fn decode_body(framing: Framing, wire: &[u8], step: usize) -> Result<(Vec<u8>, usize), String> {
+    let mut decoder = Decoder::new(framing);
+    let mut buf = BytesMut::new();
+    let mut body = Vec::new();
+    let mut fed = 0;
+    loop {
+        match decoder.decode(&mut buf) {
+            Err(e) => return Err(e.to_string()),
+            Ok(Decoded::Data(data)) => {
+                assert!(!data.is_empty(), "an empty data piece");
+                body.extend_from_slice(&data);
+            }
+            Ok(Decoded::End) => return Ok((body, fed - buf.len())),
+            Ok(Decoded::Need) if fed == wire.len() => return Err("incomplete".to_string()),
+            Ok(Decoded::Need) => {
+                let next = (fed + step).min(wire.len());
+                buf.extend_from_slice(&wire[fed..next]);
+                fed = next;
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 //! bodies stream both ways), feed the outcome to the endpoint's latency EWMA, outlier detection and
 //! the breaker, and retry safe bodiless requests within the retry budget.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,7 @@ use crate::breaker::{Outcome, Rejected};
 use crate::client::{self, ExtraHeaders, PooledBody, RequestBody};
 use crate::clock;
 use crate::health::outlier::Answer;
-use crate::server::{serve_http, Inbound, ServeLimits};
+use crate::server::{serve_http, Handler, Inbound, ServeLimits};
 use crate::upstreams::{Upstream, Upstreams};
 
 /// An upstream's response body: HTTP/1.1 from the endpoint's pool, or HTTP/2.
@@ -80,6 +81,18 @@ pub struct Proxy {
     http2: Client<HttpConnector, RequestBody>,
 }
 
+impl Handler for Proxy {
+    type Body = ProxyBody;
+
+    fn call(
+        &self,
+        req: Request<Inbound>,
+        _peer: std::net::SocketAddr,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + '_ {
+        self.handle(req)
+    }
+}
+
 impl Proxy {
     pub fn new(upstreams: Arc<Upstreams>, default_upstream: String) -> Proxy {
         let mut connector = HttpConnector::new();
@@ -91,11 +104,7 @@ impl Proxy {
 
     /// Serves the outbound port until `shutdown`, then lets open requests finish (bounded).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        serve_http(listener, shutdown, ServeLimits::default(), move |req, _| {
-            let proxy = self.clone();
-            async move { proxy.handle(req).await }
-        })
-        .await;
+        serve_http(listener, shutdown, ServeLimits::default(), self).await;
     }
 
     pub async fn handle(&self, req: Request<Inbound>) -> Response<ProxyBody> {

@@ -44,8 +44,8 @@ use tokio_util::sync::{CancellationToken, PollSender};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-pub use body::{Inbound, InboundError, Streamed};
 use body::Piece;
+pub use body::{Inbound, InboundError, Streamed};
 use parse::{parse_head, Decoded, Decoder, Framing, Head, HeadError};
 
 use crate::clock;
@@ -67,6 +67,31 @@ impl Default for ServeLimits {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What answers the server's requests. An HTTP/1.1 connection awaits `call`'s future in its own
+/// task, borrowing the handler: no per-request `Arc` clone, and no wrapping future (which would
+/// copy the handler's whole future, kilobytes for the gateway, once more per request).
+pub trait Handler: Send + Sync + 'static {
+    type Body: Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
+
+    fn call(&self, req: Request<Inbound>, peer: SocketAddr) -> impl Future<Output = Response<Self::Body>> + Send + '_;
+}
+
+/// A closure as a [`Handler`].
+pub struct HandlerFn<F>(pub F);
+
+impl<F, Fut, B> Handler for HandlerFn<F>
+where
+    F: Fn(Request<Inbound>, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+{
+    type Body = B;
+
+    fn call(&self, req: Request<Inbound>, peer: SocketAddr) -> impl Future<Output = Response<B>> + Send + '_ {
+        (self.0)(req, peer)
+    }
+}
+
 /// Answers up to this size (head and body) are gathered and written with one `write`.
 const GATHER: usize = 64 * 1024;
 /// A request body the handler did not read is read and dropped up to this much (and for at most
@@ -85,14 +110,12 @@ const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// moment the server is ready for it (accepted, or the previous answer sent): a client that trickles
 /// a head (slowloris) or leaves a keep-alive connection idle that long is disconnected. One timer
 /// per connection, re-armed only when it fires ([`Watched`]), enforces this.
-pub async fn serve_http<F, Fut, B>(listener: TcpListener, shutdown: CancellationToken, limits: ServeLimits, handle: F)
-where
-    F: Fn(Request<Inbound>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+pub async fn serve_http<H: Handler>(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    limits: ServeLimits,
+    handler: Arc<H>,
+) {
     let drain = Arc::new(Drain::default());
     let tracker = TaskTracker::new();
     loop {
@@ -110,7 +133,7 @@ where
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
         let connection = Connection::new(stream, peer, limits, activity.clone(), drain.clone());
-        let connection = Watched::new(connection.serve(handle.clone()), activity, limits.header_read_timeout);
+        let connection = Watched::new(connection.serve(handler.clone()), activity, limits.header_read_timeout);
         tracker.spawn(connection);
     }
     drain.start();
@@ -194,14 +217,7 @@ impl Connection {
         Connection { io, peer, limits, activity, drain, rbuf: BytesMut::with_capacity(8 * 1024), wbuf: Vec::new() }
     }
 
-    async fn serve<F, Fut, B>(mut self, handle: F) -> Result<(), Infallible>
-    where
-        F: Fn(Request<Inbound>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Response<B>> + Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
+    async fn serve<H: Handler>(mut self, handler: Arc<H>) -> Result<(), Infallible> {
         let drain = self.drain.clone();
         let mut stopping = pin!(drain.notify.notified());
         // Registered (with this task's waker) once: a shutdown wakes the task, which then finds
@@ -220,7 +236,7 @@ impl Connection {
             if n == HTTP2_PREFACE.len() {
                 self.activity.http2.store(true, Ordering::Relaxed);
                 let prefix = self.rbuf.split().freeze();
-                serve_h2(Rewind { prefix, io: self.io }, self.peer, self.limits, handle, &drain).await;
+                serve_h2(Rewind { prefix, io: self.io }, self.peer, self.limits, handler, &drain).await;
                 return Ok(());
             }
             if !self.read_more().await {
@@ -229,7 +245,7 @@ impl Connection {
         }
         while let Some(head) = self.next_head().await {
             self.activity.opened();
-            let keep_alive = self.exchange(head, &handle).await;
+            let keep_alive = self.exchange(head, &*handler).await;
             self.activity.closed();
             if !keep_alive || drain.is_draining() {
                 break;
@@ -314,13 +330,7 @@ impl Connection {
     }
 
     /// One request and its answer; whether the connection may take another.
-    async fn exchange<F, Fut, B>(&mut self, head: Head, handle: &F) -> bool
-    where
-        F: Fn(Request<Inbound>, SocketAddr) -> Fut,
-        Fut: Future<Output = Response<B>>,
-        B: Body,
-        B::Error: Into<BoxError>,
-    {
+    async fn exchange<H: Handler>(&mut self, head: Head, handler: &H) -> bool {
         let Head { request, framing, keep_alive, expect_continue } = head;
         let ask = Asked {
             head: *request.method() == Method::HEAD,
@@ -348,7 +358,7 @@ impl Connection {
                 Inbound::Streamed(Streamed::new(rx, decoder.remaining()))
             }
         };
-        let answer = handle(request.map(|()| body), self.peer);
+        let answer = handler.call(request.map(|()| body), self.peer);
         let (io, rbuf, wbuf) = (&mut self.io, &mut self.rbuf, &mut self.wbuf);
         let written = match pump {
             None => {
@@ -506,7 +516,8 @@ where
 {
     let (parts, body) = response.into_parts();
     let status = parts.status;
-    let no_body = ask.head || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let no_body =
+        ask.head || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     wbuf.clear();
     put_status(wbuf, status);
     let mut keep_alive = ask.keep_alive && !ask.drain.is_draining();
@@ -515,7 +526,8 @@ where
     for (name, value) in &parts.headers {
         match name.as_str().len() {
             10 if *name == header::CONNECTION => {
-                keep_alive &= !value.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+                keep_alive &=
+                    !value.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
                 continue;
             }
             17 if *name == header::TRANSFER_ENCODING => continue,
@@ -689,17 +701,10 @@ fn put_date(wbuf: &mut Vec<u8>) {
 }
 
 /// Serves an HTTP/2 connection (its first bytes already read) with hyper.
-async fn serve_h2<F, Fut, B>(io: Rewind, peer: SocketAddr, limits: ServeLimits, handle: F, drain: &Drain)
-where
-    F: Fn(Request<Inbound>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+async fn serve_h2<H: Handler>(io: Rewind, peer: SocketAddr, limits: ServeLimits, handler: Arc<H>, drain: &Drain) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let answer = handle(req.map(Inbound::H2), peer);
-        async move { Ok::<_, Infallible>(answer.await) }
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler.call(req.map(Inbound::H2), peer).await) }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new()).max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));

@@ -155,7 +155,8 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, HeadEr
         Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
             .map_err(|_| HeadError::Bad("malformed request target"))?
     };
-    let mut headers = HeaderMap::with_capacity(names.len());
+    // Room for the few a proxy adds (traceparent, forwarding headers) without growing the map.
+    let mut headers = HeaderMap::with_capacity(names.len() + 4);
     for (name, at, len) in names {
         let value = HeaderValue::from_maybe_shared(head.slice(at..at + len))
             .map_err(|_| HeadError::Bad("malformed header value"))?;
@@ -268,7 +269,9 @@ enum State {
     /// Inside a trailer line.
     Trailer,
     /// The LF ending a trailer line (or the section, when the line was empty).
-    TrailerLf { empty: bool },
+    TrailerLf {
+        empty: bool,
+    },
     Done,
 }
 
@@ -527,7 +530,12 @@ mod tests {
             (b"1 2\r\nab\r\n0\r\n\r\n", "invalid chunk size"),
             (b"0\r\nX: 1\n\r\n", "bare LF in the trailer section"),
         ] {
-            assert_eq!(decode_all(Framing::Chunked, wire, 1), Err(BodyError(why)), "{:?}", String::from_utf8_lossy(wire));
+            assert_eq!(
+                decode_all(Framing::Chunked, wire, 1),
+                Err(BodyError(why)),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
         }
         let long = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE));
         assert_eq!(decode_all(Framing::Chunked, long.as_bytes(), 64), Err(BodyError("chunk extension too long")));

@@ -1,6 +1,7 @@
 //! The server through real sockets: a raw-TCP client writes exactly the bytes a test needs and reads
 //! the answers as they come off the wire.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -12,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::parse::{Decoded, Decoder, Framing};
-use super::{serve_http, Inbound, ServeLimits};
+use super::{serve_http, HandlerFn, Inbound, ServeLimits};
 
 const TIMEOUT: Duration = Duration::from_millis(300);
 /// Far longer than TIMEOUT: how long a test waits for something that must happen.
@@ -35,51 +36,57 @@ async fn server() -> (String, CancellationToken) {
     let addr = listener.local_addr().expect("addr").to_string();
     let shutdown = CancellationToken::new();
     let limits = ServeLimits { header_read_timeout: TIMEOUT, max_header_bytes: 8 * 1024 };
-    tokio::spawn(serve_http(listener, shutdown.clone(), limits, |req: Request<Inbound>, _| async move {
-        let path = req.uri().path().to_string();
-        let body = match path.as_str() {
-            "/slow" => {
-                tokio::time::sleep(TIMEOUT * 3).await;
-                full("slow")
-            }
-            "/stream" => {
-                let chunks: Stream = StreamBody::new(Box::pin(futures::stream::unfold(0, |n| async move {
-                    if n == 6 {
-                        return None;
+    tokio::spawn(serve_http(
+        listener,
+        shutdown.clone(),
+        limits,
+        Arc::new(HandlerFn(|req: Request<Inbound>, _| async move {
+            let path = req.uri().path().to_string();
+            let body = match path.as_str() {
+                "/slow" => {
+                    tokio::time::sleep(TIMEOUT * 3).await;
+                    full("slow")
+                }
+                "/stream" => {
+                    let chunks: Stream = StreamBody::new(Box::pin(futures::stream::unfold(0, |n| async move {
+                        if n == 6 {
+                            return None;
+                        }
+                        tokio::time::sleep(TIMEOUT / 2).await;
+                        Some((Ok(Frame::data(Bytes::from("x"))), n + 1))
+                    })));
+                    Either::Right(chunks)
+                }
+                "/echo" => match req.into_body().collect().await {
+                    Ok(body) => {
+                        let body = body.to_bytes();
+                        let mut response = Response::new(full(body.clone()));
+                        response.headers_mut().insert("x-len", body.len().into());
+                        return response;
                     }
-                    tokio::time::sleep(TIMEOUT / 2).await;
-                    Some((Ok(Frame::data(Bytes::from("x"))), n + 1))
-                })));
-                Either::Right(chunks)
-            }
-            "/echo" => match req.into_body().collect().await {
-                Ok(body) => {
-                    let body = body.to_bytes();
-                    let mut response = Response::new(full(body.clone()));
-                    response.headers_mut().insert("x-len", body.len().into());
+                    Err(err) => {
+                        let mut response = Response::new(full(err.to_string()));
+                        *response.status_mut() = StatusCode::BAD_REQUEST;
+                        return response;
+                    }
+                },
+                "/ignore" => full("ignored"),
+                "/short" => {
+                    let mut response = Response::new(full("abc"));
+                    response.headers_mut().insert("content-length", 10.into());
                     return response;
                 }
-                Err(err) => {
-                    let mut response = Response::new(full(err.to_string()));
-                    *response.status_mut() = StatusCode::BAD_REQUEST;
+                p if p.starts_with("/status/") => {
+                    let mut response = Response::new(full("not sent"));
+                    *response.status_mut() =
+                        StatusCode::from_u16(p[8..].parse().unwrap_or(500)).unwrap_or(StatusCode::OK);
                     return response;
                 }
-            },
-            "/ignore" => full("ignored"),
-            "/short" => {
-                let mut response = Response::new(full("abc"));
-                response.headers_mut().insert("content-length", 10.into());
-                return response;
-            }
-            p if p.starts_with("/status/") => {
-                let mut response = Response::new(full("not sent"));
-                *response.status_mut() = StatusCode::from_u16(p[8..].parse().unwrap_or(500)).unwrap_or(StatusCode::OK);
-                return response;
-            }
-            _ => full("ok"),
-        };
-        Response::new(body)
-    }));
+                _ => full("ok"),
+            };
+            Response::new(body)
+        })),
+    ));
     (addr, shutdown)
 }
 
@@ -328,7 +335,8 @@ async fn an_unread_body_is_drained_when_small_and_closes_the_connection_when_lar
         let _ = rd.read_to_end(&mut all).await;
         all
     };
-    let (_, all) = tokio::time::timeout(PATIENCE, futures::future::join(sending, reading)).await.expect("closed in time");
+    let (_, all) =
+        tokio::time::timeout(PATIENCE, futures::future::join(sending, reading)).await.expect("closed in time");
     let text = String::from_utf8_lossy(&all);
     assert!(text.starts_with("HTTP/1.1 200 OK") && text.ends_with("ignored"), "{text}");
 }
@@ -367,7 +375,8 @@ async fn http2_with_prior_knowledge_is_served() {
     let (mut send, connection) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.expect("handshake");
     tokio::spawn(connection);
-    let request = Request::post(format!("http://{addr}/echo")).body(Full::new(Bytes::from("over h2"))).expect("request");
+    let request =
+        Request::post(format!("http://{addr}/echo")).body(Full::new(Bytes::from("over h2"))).expect("request");
     let response = tokio::time::timeout(PATIENCE, send.send_request(request)).await.expect("in time").expect("answer");
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.expect("body").to_bytes();
