@@ -94,6 +94,8 @@ where
 
 /// Answers up to this size (head and body) are gathered and written with one `write`.
 const GATHER: usize = 64 * 1024;
+/// The most an idle connection keeps of its answer buffer.
+const WBUF_KEPT: usize = 16 * 1024;
 /// A request body the handler did not read is read and dropped up to this much (and for at most
 /// DRAIN_TIME) so the connection can take the next request; a longer one closes the connection.
 const DRAIN_LIMIT: u64 = 256 * 1024;
@@ -247,6 +249,10 @@ impl Connection {
             self.activity.opened();
             let keep_alive = self.exchange(head, &*handler).await;
             self.activity.closed();
+            if self.wbuf.capacity() > WBUF_KEPT {
+                // A large answer's gathering buffer is not kept by an idle connection.
+                self.wbuf = Vec::new();
+            }
             if !keep_alive || drain.is_draining() {
                 break;
             }
