@@ -371,39 +371,13 @@ impl Connection {
                 let response = answer.await;
                 respond(io, wbuf, response, ask).await
             }
-            Some(mut tx) => {
+            Some(tx) => {
                 // The handler runs while the body is read for it (as fast as it takes it), and
                 // the answer is written while it is still read (a handler may answer first).
                 let (mut rd, mut wr) = io.split();
-                let mut answer = pin!(answer);
-                let mut pumping = true;
-                let response = poll_fn(|cx| {
-                    if let Poll::Ready(response) = answer.as_mut().poll(cx) {
-                        return Poll::Ready(response);
-                    }
-                    if pumping {
-                        if let Poll::Ready(end) = pump_body(cx, &mut tx, &mut decoder, &mut rd, rbuf) {
-                            state = end;
-                            pumping = false;
-                        }
-                    }
-                    Poll::Pending
-                })
-                .await;
-                let mut writing = pin!(respond(&mut wr, wbuf, response, ask));
-                poll_fn(|cx| {
-                    if let Poll::Ready(written) = writing.as_mut().poll(cx) {
-                        return Poll::Ready(written);
-                    }
-                    if pumping {
-                        if let Poll::Ready(end) = pump_body(cx, &mut tx, &mut decoder, &mut rd, rbuf) {
-                            state = end;
-                            pumping = false;
-                        }
-                    }
-                    Poll::Pending
-                })
-                .await
+                let mut pumping = Pumping { tx, decoder: &mut decoder, state: &mut state, active: true };
+                let response = pumping.alongside(answer, &mut rd, rbuf).await;
+                pumping.alongside(respond(&mut wr, wbuf, response, ask), &mut rd, rbuf).await
             }
         };
         if written != Ok(true) {
@@ -441,6 +415,40 @@ impl Connection {
         })
         .await;
         drained.unwrap_or(false)
+    }
+}
+
+/// A request body being read for its handler while the handler runs and its answer is written.
+struct Pumping<'a> {
+    tx: PollSender<Piece>,
+    decoder: &'a mut Decoder,
+    state: &'a mut BodyState,
+    active: bool,
+}
+
+impl Pumping<'_> {
+    /// Runs `work` to its end, reading the body alongside (as fast as the handler takes it) until
+    /// the body ends or is no longer wanted.
+    async fn alongside<F: Future, R: AsyncRead + Unpin>(
+        &mut self,
+        work: F,
+        rd: &mut R,
+        rbuf: &mut BytesMut,
+    ) -> F::Output {
+        let mut work = pin!(work);
+        poll_fn(|cx| {
+            if let Poll::Ready(done) = work.as_mut().poll(cx) {
+                return Poll::Ready(done);
+            }
+            if self.active {
+                if let Poll::Ready(end) = pump_body(cx, &mut self.tx, self.decoder, rd, rbuf) {
+                    *self.state = end;
+                    self.active = false;
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 

@@ -448,36 +448,31 @@ mod tests {
 
     #[test]
     fn ambiguous_framing_is_refused() {
-        assert_eq!(
-            bad("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"),
-            "both Transfer-Encoding and Content-Length"
-        );
-        assert_eq!(
-            bad("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
-            "conflicting Content-Length values"
-        );
-        assert_eq!(bad("POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n"), "conflicting Content-Length values");
-        assert_eq!(bad("POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n"), "malformed Content-Length");
-        assert_eq!(bad("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n"), "malformed Content-Length");
-        assert_eq!(
-            bad("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
-            "chunked is not the final transfer coding"
-        );
-        assert_eq!(
-            bad("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            "chunked is not the final transfer coding"
-        );
-        assert_eq!(
-            bad("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
-            "unsupported transfer coding (only chunked is accepted)"
-        );
-        assert_eq!(
-            bad("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            "Transfer-Encoding in an HTTP/1.0 request"
-        );
-        assert_eq!(bad("GET / HTTP/1.1\r\nExpect: 200-ok\r\n\r\n"), "unsupported Expect value");
-        assert_eq!(bad("GET / HTTP/2.0\r\n\r\n"), "unsupported HTTP version");
-        assert_eq!(bad("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"), "malformed request head");
+        for (request, why) in [
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                "both Transfer-Encoding and Content-Length",
+            ),
+            ("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", "conflicting Content-Length values"),
+            ("POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n", "conflicting Content-Length values"),
+            ("POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n", "malformed Content-Length"),
+            ("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", "malformed Content-Length"),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", "chunked is not the final transfer coding"),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "chunked is not the final transfer coding",
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+                "unsupported transfer coding (only chunked is accepted)",
+            ),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "Transfer-Encoding in an HTTP/1.0 request"),
+            ("GET / HTTP/1.1\r\nExpect: 200-ok\r\n\r\n", "unsupported Expect value"),
+            ("GET / HTTP/2.0\r\n\r\n", "unsupported HTTP version"),
+            ("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", "malformed request head"),
+        ] {
+            assert_eq!(bad(request), why, "{request:?}");
+        }
         let same = head("POST / HTTP/1.1\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n");
         assert_eq!(same.expect("valid").expect("complete").framing, Framing::Length(3));
         let chunked = head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n");
