@@ -51,7 +51,22 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// A port nobody listens on right now.
+/// A port free now, for a process to bind, taken below Linux's ephemeral range (32768-60999): a
+/// port the kernel hands out for port 0 can also become a test's outgoing connection's local port
+/// before the process binds it (seen as "Address already in use" on a busy run).
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Each test binary starts at a different place (its process id) and walks up from there.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ =
+        NEXT.compare_exchange(0, 20_000 + (std::process::id() % 10_000) as u16, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..12_000 {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (port - 20_000) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     listener.local_addr().expect("local addr").port()
 }
