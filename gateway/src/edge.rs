@@ -15,7 +15,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full, Limited};
 use reskflow_sidecar::proxy::{Proxy, ProxyBody};
 use reskflow_sidecar::routing::{self, fill_target};
-use reskflow_sidecar::server::{serve_http, Handler, Inbound, ServeLimits};
+use reskflow_sidecar::server::{serve_http, Answer, Fields, Handler, Inbound, ServeLimits};
 use reskflow_sidecar::upstreams::Upstreams;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -81,12 +81,13 @@ pub struct Edge {
 
 impl Handler for Edge {
     type Body = EdgeBody;
+    type Output = Answer<EdgeBody>;
 
     fn call(
         &self,
         req: Request<Inbound>,
         peer: SocketAddr,
-    ) -> impl std::future::Future<Output = Response<EdgeBody>> + Send + '_ {
+    ) -> impl std::future::Future<Output = Answer<EdgeBody>> + Send + '_ {
         self.handle(req, peer)
     }
 }
@@ -98,22 +99,24 @@ impl Edge {
         serve_http(listener, shutdown, limits, self).await;
     }
 
-    pub async fn handle(&self, req: Request<Inbound>, peer: SocketAddr) -> Response<EdgeBody> {
+    /// The answer to one request: management API, proxied route or a JSON error. Fields the
+    /// gateway adds to a proxied answer (RateLimit, route id) go in the answer's [`Fields`].
+    pub async fn handle(&self, req: Request<Inbound>, peer: SocketAddr) -> Answer<EdgeBody> {
         let path = match routing::normalize(req.uri().path()) {
             Ok(path) => path,
-            Err(err) => return error(StatusCode::BAD_REQUEST, "invalid_path", &err.to_string()),
+            Err(err) => return error(StatusCode::BAD_REQUEST, "invalid_path", &err.to_string()).into(),
         };
         if is_management(&path) {
             let path = path.into_owned();
             // Boxed: the REST API's future stays out of every proxied request's state.
-            return Box::pin(self.management(req, &path)).await;
+            return Box::pin(self.management(req, &path)).await.into();
         }
         let started = clock::now_ns();
         let set = self.routes.load();
         let Some(matched) = set.table.lookup(req.method(), &path) else {
             self.metrics.unmatched.fetch_add(1, Ordering::Relaxed);
             let message = format!("no route for {} {}", req.method(), path);
-            return error(StatusCode::NOT_FOUND, "no_route", &message);
+            return error(StatusCode::NOT_FOUND, "no_route", &message).into();
         };
         let route = matched.value.clone();
         // Listed once, and only for a route that uses them.
@@ -134,7 +137,8 @@ impl Edge {
             upstream_path.push('?');
             upstream_path.push_str(query);
         }
-        let response = self.through(&route, req, upstream_path, params, peer).await;
+        let mut fields = Fields::default();
+        let response = self.through(&route, req, upstream_path, params, peer, &mut fields).await;
         let m = &route.metrics;
         m.count(response.status().as_u16(), Duration::from_nanos(clock::now_ns().saturating_sub(started)));
         let counter = match response.extensions().get::<Refused>() {
@@ -151,10 +155,11 @@ impl Edge {
         if let Some(counter) = counter {
             counter.fetch_add(1, Ordering::Relaxed);
         }
-        response
+        Answer { response, fields }
     }
 
-    /// A matched request from the body check to the upstream's answer.
+    /// A matched request from the body check to the upstream's answer; the fields the gateway
+    /// adds to a proxied answer go into `fields`.
     async fn through(
         &self,
         route: &CompiledRoute,
@@ -162,6 +167,7 @@ impl Edge {
         mut upstream_path: String,
         params: Vec<(String, String)>,
         peer: SocketAddr,
+        fields: &mut Fields,
     ) -> Response<EdgeBody> {
         let (mut parts, body) = req.into_parts();
         let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -277,10 +283,10 @@ impl Edge {
             }
         }
         if let Some(id) = &route.id_header {
-            response.headers_mut().insert(ROUTE_HEADER, id.clone());
+            fields.push(&ROUTE_HEADER, id);
         }
         if let (Some((remaining, reset)), Some(limiter)) = (limited, &route.limiter) {
-            rate_limit_headers(response.headers_mut(), limiter, remaining, reset);
+            rate_limit_fields(fields, limiter, remaining, reset);
         }
         response
     }
@@ -670,11 +676,18 @@ const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// The IETF RateLimit fields: limit, remaining, seconds until the allowance is whole again, policy.
+fn rate_limit_fields(fields: &mut Fields, limit: &RouteLimiter, remaining: u32, reset: Duration) {
+    fields.push(&RATELIMIT_LIMIT, &limit.limit_header);
+    fields.push_number(&RATELIMIT_REMAINING, u64::from(remaining));
+    fields.push_number(&RATELIMIT_RESET, ceil_secs(reset));
+    fields.push(&RATELIMIT_POLICY, &limit.policy_header);
+}
+
+/// The RateLimit fields inserted into `headers` (a refusal's).
 fn rate_limit_headers(headers: &mut HeaderMap, limit: &RouteLimiter, remaining: u32, reset: Duration) {
-    headers.insert(RATELIMIT_LIMIT, limit.limit_header.clone());
-    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(remaining));
-    headers.insert(RATELIMIT_RESET, HeaderValue::from(ceil_secs(reset)));
-    headers.insert(RATELIMIT_POLICY, limit.policy_header.clone());
+    let mut fields = Fields::default();
+    rate_limit_fields(&mut fields, limit, remaining, reset);
+    fields.apply_to(headers);
 }
 
 /// Each name is pushed once per request: set_identity and forwarded_headers push different names.

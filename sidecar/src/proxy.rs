@@ -83,6 +83,7 @@ pub struct Proxy {
 
 impl Handler for Proxy {
     type Body = ProxyBody;
+    type Output = Response<ProxyBody>;
 
     fn call(
         &self,

@@ -18,6 +18,7 @@
 //! connection closes after the answer. Not supported, as before: protocol upgrades (`Upgrade` is
 //! hop-by-hop and never forwarded), `CONNECT` tunnels, trailers on HTTP/1.1 answers (dropped).
 
+mod answer;
 mod body;
 pub mod parse;
 #[cfg(test)]
@@ -44,6 +45,7 @@ use tokio_util::sync::{CancellationToken, PollSender};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+pub use answer::{Answer, Fields};
 use body::Piece;
 pub use body::{Inbound, InboundError, Streamed};
 use parse::{parse_head, Decoded, Decoder, Framing, Head, HeadError};
@@ -73,7 +75,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub trait Handler: Send + Sync + 'static {
     type Body: Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
 
-    fn call(&self, req: Request<Inbound>, peer: SocketAddr) -> impl Future<Output = Response<Self::Body>> + Send + '_;
+    /// The answer: a `Response<Self::Body>` (`.into()`), or an [`Answer`] with fields for its head.
+    type Output: Into<Answer<Self::Body>> + Send;
+
+    fn call(&self, req: Request<Inbound>, peer: SocketAddr) -> impl Future<Output = Self::Output> + Send + '_;
 }
 
 /// A closure as a [`Handler`].
@@ -86,6 +91,7 @@ where
     B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
 {
     type Body = B;
+    type Output = Response<B>;
 
     fn call(&self, req: Request<Inbound>, peer: SocketAddr) -> impl Future<Output = Response<B>> + Send + '_ {
         (self.0)(req, peer)
@@ -368,16 +374,16 @@ impl Connection {
         let (io, rbuf, wbuf) = (&mut self.io, &mut self.rbuf, &mut self.wbuf);
         let written = match pump {
             None => {
-                let response = answer.await;
-                respond(io, wbuf, response, ask).await
+                let answer = answer.await.into();
+                respond(io, wbuf, answer, ask).await
             }
             Some(tx) => {
                 // The handler runs while the body is read for it (as fast as it takes it), and
                 // the answer is written while it is still read (a handler may answer first).
                 let (mut rd, mut wr) = io.split();
                 let mut pumping = Pumping { tx, decoder: &mut decoder, state: &mut state, active: true };
-                let response = pumping.alongside(answer, &mut rd, rbuf).await;
-                pumping.alongside(respond(&mut wr, wbuf, response, ask), &mut rd, rbuf).await
+                let answer = pumping.alongside(answer, &mut rd, rbuf).await.into();
+                pumping.alongside(respond(&mut wr, wbuf, answer, ask), &mut rd, rbuf).await
             }
         };
         if written != Ok(true) {
@@ -522,12 +528,13 @@ enum Out {
 
 /// Writes `response`; whether the connection may be reused after it (Err: the body failed, or
 /// the write did: the connection is done).
-async fn respond<W, B>(io: &mut W, wbuf: &mut Vec<u8>, response: Response<B>, ask: Asked<'_>) -> Result<bool, ()>
+async fn respond<W, B>(io: &mut W, wbuf: &mut Vec<u8>, answer: Answer<B>, ask: Asked<'_>) -> Result<bool, ()>
 where
     W: AsyncWrite + Unpin,
     B: Body,
     B::Error: Into<BoxError>,
 {
+    let Answer { response, fields } = answer;
     let (parts, body) = response.into_parts();
     let status = parts.status;
     let no_body =
@@ -537,7 +544,11 @@ where
     let mut keep_alive = ask.keep_alive && !ask.drain.is_draining();
     let mut declared = None;
     let mut has_date = false;
+    let own_fields = !fields.is_empty();
     for (name, value) in &parts.headers {
+        if own_fields && fields.replaces(name) {
+            continue;
+        }
         match name.as_str().len() {
             10 if *name == header::CONNECTION => {
                 keep_alive &=
@@ -558,6 +569,8 @@ where
         }
         put_header(wbuf, name.as_str().as_bytes(), value.as_bytes());
     }
+    wbuf.extend_from_slice(fields.as_bytes());
+    drop(fields);
     if !has_date {
         put_date(wbuf);
     }
@@ -718,7 +731,7 @@ fn put_date(wbuf: &mut Vec<u8>) {
 async fn serve_h2<H: Handler>(io: Rewind, peer: SocketAddr, limits: ServeLimits, handler: Arc<H>, drain: &Drain) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.call(req.map(Inbound::H2), peer).await) }
+        async move { Ok::<_, Infallible>(handler.call(req.map(Inbound::H2), peer).await.into().into_response()) }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new()).max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));

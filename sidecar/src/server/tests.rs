@@ -429,3 +429,52 @@ async fn requests_longer_than_the_timeout_and_a_busy_connection_are_left_alone()
         assert_eq!(c.get("/").await.status, 200);
     }
 }
+
+/// Answers every request with `server` and `ratelimit-limit: upstream's` in its map and two
+/// fields of its own: `ratelimit-limit: 10` (replacing the map's) and `x-route: r`.
+struct WithFields;
+
+impl super::Handler for WithFields {
+    type Body = Full<Bytes>;
+    type Output = super::Answer<Full<Bytes>>;
+
+    async fn call(&self, _req: Request<Inbound>, _peer: std::net::SocketAddr) -> Self::Output {
+        let mut response = Response::new(Full::new(Bytes::from("ok")));
+        response.headers_mut().insert("server", http::HeaderValue::from_static("backend"));
+        response.headers_mut().insert("ratelimit-limit", http::HeaderValue::from_static("upstream's"));
+        let mut fields = super::Fields::default();
+        fields.push_number(&http::HeaderName::from_static("ratelimit-limit"), 10);
+        fields.push(&http::HeaderName::from_static("x-route"), &http::HeaderValue::from_static("r"));
+        super::Answer { response, fields }
+    }
+}
+
+#[tokio::test]
+async fn a_handlers_own_fields_reach_the_head_over_http_1_1_and_http_2_replacing_the_maps() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(serve_http(listener, shutdown.clone(), ServeLimits::default(), Arc::new(WithFields)));
+
+    let mut client = Client::connect(&addr).await;
+    for _ in 0..2 {
+        let answer = client.get("/").await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, b"ok");
+        let all = |name: &str| answer.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect();
+        let (limit, route, server): (Vec<_>, Vec<_>, Vec<_>) = (all("ratelimit-limit"), all("x-route"), all("server"));
+        assert_eq!((limit, route, server), (vec!["10"], vec!["r"], vec!["backend"]), "{answer:?}");
+    }
+
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(&addr).await.expect("connect"));
+    let (mut send, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.expect("handshake");
+    tokio::spawn(connection);
+    let request = Request::get(format!("http://{addr}/")).body(Full::new(Bytes::new())).expect("request");
+    let response = tokio::time::timeout(PATIENCE, send.send_request(request)).await.expect("in time").expect("answer");
+    let headers = response.headers();
+    assert_eq!(headers.get_all("ratelimit-limit").iter().collect::<Vec<_>>(), ["10"]);
+    assert_eq!(headers.get_all("x-route").iter().collect::<Vec<_>>(), ["r"]);
+    assert_eq!(headers["server"], "backend");
+    shutdown.cancel();
+}
