@@ -217,8 +217,8 @@ impl Proxy {
         mut extra: ExtraHeaders,
     ) -> (Response<ProxyBody>, Outcome) {
         let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        if !parts.headers.contains_key(&TRACEPARENT) && !extra.contains(&TRACEPARENT) {
+        let traced = strip_hop_by_hop(&mut parts.headers);
+        if !traced && !extra.contains(&TRACEPARENT) {
             // With the caller's extra headers (the gateway's), beside them: their list is allocated
             // already. Alone (the sidecar's requests), into the map: one insert costs less than the
             // list's allocation.
@@ -479,16 +479,24 @@ fn is_safe(method: &Method, headers: &HeaderMap) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) || headers.contains_key("idempotency-key")
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes the hop-by-hop fields; whether the message carries a `traceparent` (noted on the same
+/// pass over the names).
+fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // One pass over the names finds which are there (most messages carry none, or only
     // `Connection: keep-alive`), so only those are looked up.
     let mut present = [false; HOPS];
     let mut te = false;
+    let mut traced = false;
     for name in headers.keys() {
-        // Hop-by-hop names are 2, 7, 10, 16 or 17 bytes long: most names are passed over on
-        // their length alone.
-        if !matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 17) {
-            continue;
+        // Hop-by-hop names are 2, 7, 10, 16 or 17 bytes long (traceparent 11): most names are
+        // passed over on their length alone.
+        match name.as_str().len() {
+            2 | 7 | 10 | 16 | 17 => {}
+            11 => {
+                traced |= *name == TRACEPARENT;
+                continue;
+            }
+            _ => continue,
         }
         match HOP_BY_HOP.iter().position(|h| h == name) {
             Some(i) => present[i] = true,
@@ -520,6 +528,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if te && headers.get(header::TE).is_some_and(|v| v != "trailers") {
         headers.remove(header::TE);
     }
+    // (Connection may have named it.)
+    traced && (!present[0] || headers.contains_key(&TRACEPARENT))
 }
 
 /// A new W3C trace context for a request that came without one (random trace and parent ids,
@@ -588,8 +598,19 @@ mod tests {
             ("content-type", "application/json"),
             ("x-kept", "3"),
         ]);
-        strip_hop_by_hop(&mut headers);
+        assert!(!strip_hop_by_hop(&mut headers), "no traceparent among them");
         assert_eq!(names(&headers), ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn a_traceparent_is_noticed_on_the_pass_over_the_names() {
+        let mut headers = map(&[("connection", "close"), ("traceparent", "00-1-2-01"), ("x-other", "1")]);
+        assert!(strip_hop_by_hop(&mut headers));
+        assert_eq!(names(&headers), ["traceparent", "x-other"]);
+        // Same length (11), another name.
+        assert!(!strip_hop_by_hop(&mut map(&[("x-something", "1")])));
+        // Named hop-by-hop by Connection: removed, so not there.
+        assert!(!strip_hop_by_hop(&mut map(&[("connection", "traceparent"), ("traceparent", "00-1-2-01")])));
     }
 
     #[test]
