@@ -80,15 +80,18 @@ impl Fields {
         self.lengths |= length_bit(name);
     }
 
-    /// The fields, each `(name, value)`.
+    /// The fields, each `(name, value)`, going from line to line with `memchr` (a byte by byte
+    /// split of the lines cost ~1,300 instructions a request where `replaces` reads them).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         // Every line was written by push_bytes: "name: value\r\n", the name without ':' and the
         // value without CR or LF (a HeaderValue or digits).
-        self.lines.split(|b| *b == b'\n').filter(|line| !line.is_empty()).map(|line| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let colon = line.iter().position(|b| *b == b':').unwrap_or(line.len());
-            let value = line.get(colon + 2..).unwrap_or_default();
-            (&line[..colon], value)
+        let mut rest = &self.lines[..];
+        std::iter::from_fn(move || {
+            let end = memchr::memchr(b'\n', rest)?;
+            let line = &rest[..end.saturating_sub(1)];
+            rest = &rest[end + 1..];
+            let colon = memchr::memchr(b':', line).unwrap_or(line.len());
+            Some((&line[..colon], line.get(colon + 2..).unwrap_or_default()))
         })
     }
 
@@ -96,23 +99,7 @@ impl Fields {
     #[inline]
     pub fn replaces(&self, name: &HeaderName) -> bool {
         let name = name.as_str().as_bytes();
-        self.lengths & length_bit(name) != 0 && self.has(name)
-    }
-
-    /// Compares `name` with each line's start, going from line to line with `memchr` (a byte by
-    /// byte split of the lines cost ~1,300 instructions a request).
-    fn has(&self, name: &[u8]) -> bool {
-        let mut rest = &self.lines[..];
-        while !rest.is_empty() {
-            if rest.len() > name.len() && rest[name.len()] == b':' && &rest[..name.len()] == name {
-                return true;
-            }
-            match memchr::memchr(b'\n', rest) {
-                Some(end) => rest = &rest[end + 1..],
-                None => break,
-            }
-        }
-        false
+        self.lengths & length_bit(name) != 0 && self.iter().any(|(own, _)| own == name)
     }
 
     /// The fields as the head carries them, to be written after the map's.
