@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use reskflow_sidecar::fields::Fields;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -28,6 +29,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::edge::{AUTHENTICATED_VIA, USER_ID, USER_ROLES};
 
 /// A verified caller.
 #[derive(Debug, Clone)]
@@ -40,16 +42,22 @@ pub struct Identity {
     pub via: Via,
     /// How long the credential stays valid from when it was checked (`exp` plus leeway).
     pub valid_for: Duration,
-    /// `X-User-Id` and `X-User-Roles` for upstreams, made once per credential.
-    pub user_header: Option<http::HeaderValue>,
-    pub roles_header: Option<http::HeaderValue>,
+    /// `X-User-Id`, `X-User-Roles` and `X-Authenticated-Via` for upstreams, made once per credential
+    /// (a subject or roles that cannot be a field's value are left out).
+    pub upstream_fields: Fields,
 }
 
 impl Identity {
     fn new(subject: String, roles: Vec<String>, claims: Arc<Value>, via: Via, valid_for: Duration) -> Identity {
-        let user_header = http::HeaderValue::from_str(&subject).ok();
-        let roles_header = http::HeaderValue::from_str(&roles.join(",")).ok();
-        Identity { subject, roles, claims, via, valid_for, user_header, roles_header }
+        let mut upstream_fields = Fields::with_capacity(96);
+        if let Ok(v) = HeaderValue::from_str(&subject) {
+            upstream_fields.push(&USER_ID, &v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&roles.join(",")) {
+            upstream_fields.push(&USER_ROLES, &v);
+        }
+        upstream_fields.push(&AUTHENTICATED_VIA, &HeaderValue::from_static(via.as_str()));
+        Identity { subject, roles, claims, via, valid_for, upstream_fields }
     }
 }
 

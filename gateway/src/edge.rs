@@ -30,7 +30,8 @@ use crate::shape::{Problem, RequestView, Shape};
 use http::Method;
 use http_body_util::BodyExt;
 use reskflow_proto::route::LimitKey;
-use reskflow_sidecar::client::{ExtraHeaders, RequestBody};
+use reskflow_sidecar::client::RequestBody;
+use reskflow_sidecar::fields::IpText;
 use reskflow_sidecar::clock;
 use reskflow_sidecar::proxy::Verdict;
 use reskflow_sidecar::upstreams::Upstream;
@@ -49,7 +50,8 @@ const IDENTITY_HEADERS: [HeaderName; 3] = [USER_ID, USER_ROLES, AUTHENTICATED_VI
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-reskflow-route");
+pub(crate) const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-reskflow-route");
+const HTTP: HeaderValue = HeaderValue::from_static("http");
 
 /// Every REST resource of `rest::*` (keep in step with the routers there).
 const MANAGEMENT_PREFIXES: [&str; 6] =
@@ -170,8 +172,8 @@ impl Edge {
         fields: &mut Fields,
     ) -> Response<EdgeBody> {
         let (mut parts, body) = req.into_parts();
-        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > route.max_body as u64) {
+        // The declared length as the server read it (no lookup in the map).
+        if hyper::body::Body::size_hint(&body).exact().is_some_and(|len| len > route.max_body as u64) {
             let message = format!("the body may be at most {} bytes on this route", route.max_body);
             return refused(Refused::Invalid, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &message);
         }
@@ -183,10 +185,10 @@ impl Edge {
         }
         // The client as the rate limits and templates see it (before this hop joins X-Forwarded-For).
         let ip = client_ip(&parts.headers, peer.ip(), self.trust_forwarded);
-        // Identity and forwarding headers for the upstream, written into the request head rather than
-        // inserted into the map (see ExtraHeaders); routes that read headers back get them inserted.
-        // Room for three identity, three forwarding headers and the data plane's traceparent.
-        let mut extra = ExtraHeaders::with_capacity(8);
+        // Identity and forwarding fields for the upstream, written into the request head rather than
+        // inserted into the map (see Fields); routes that read headers back get them inserted.
+        // Room for three identity, three forwarding fields and the data plane's traceparent.
+        let mut extra = Fields::with_capacity(320);
         let mut identity = None;
         if route.route.needs_identity() {
             let caller = match self.authenticate(&parts.headers).await {
@@ -197,7 +199,7 @@ impl Edge {
                 let message = format!("this route needs one of the roles: {}", route.route.authorization.join(", "));
                 return refused(Refused::Forbidden, StatusCode::FORBIDDEN, "forbidden", &message);
             }
-            set_identity(&mut extra, &caller);
+            extra.extend(&caller.upstream_fields);
             identity = Some(caller);
         }
         let mut limited = None;
@@ -215,7 +217,7 @@ impl Edge {
         forwarded_headers(&mut parts.headers, &mut extra, peer.ip(), self.trust_forwarded);
         if route.shape.is_some() || route.route.cache.is_some() {
             // Validation, transforms and cache keys read the request's headers as the upstream gets them.
-            extra.apply_to(&mut parts.headers);
+            std::mem::take(&mut extra).apply_to(&mut parts.headers);
         }
         let mut body: RequestBody = Either::Left(Limited::new(body, route.max_body));
         // Validation and transforms: what templates see of the request, for the response too.
@@ -282,11 +284,9 @@ impl Edge {
                 response = Box::pin(transform_response(shape, seen, &route.route.id, route.max_body, response)).await;
             }
         }
-        if let Some(id) = &route.id_header {
-            fields.push(&ROUTE_HEADER, id);
-        }
-        if let (Some((remaining, reset)), Some(limiter)) = (limited, &route.limiter) {
-            rate_limit_fields(fields, limiter, remaining, reset);
+        fields.extend(&route.answer_fields);
+        if let Some((remaining, reset)) = limited {
+            rate_limit_fields(fields, remaining, reset);
         }
         response
     }
@@ -433,7 +433,7 @@ impl Edge {
                 }
                 _ => {
                     key.push_str("ip:");
-                    push_ip(&mut key, ip);
+                    key.push_str(IpText::new(ip).as_str());
                 }
             }
             match self.limits.check(limiter, &key).await {
@@ -670,86 +670,51 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+pub(crate) const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+pub(crate) const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// The IETF RateLimit fields: limit, remaining, seconds until the allowance is whole again, policy.
-fn rate_limit_fields(fields: &mut Fields, limit: &RouteLimiter, remaining: u32, reset: Duration) {
-    fields.push(&RATELIMIT_LIMIT, &limit.limit_header);
+fn rate_limit_fields(fields: &mut Fields, remaining: u32, reset: Duration) {
     fields.push_number(&RATELIMIT_REMAINING, u64::from(remaining));
     fields.push_number(&RATELIMIT_RESET, ceil_secs(reset));
-    fields.push(&RATELIMIT_POLICY, &limit.policy_header);
 }
 
 /// The RateLimit fields inserted into `headers` (a refusal's).
 fn rate_limit_headers(headers: &mut HeaderMap, limit: &RouteLimiter, remaining: u32, reset: Duration) {
-    let mut fields = Fields::default();
-    rate_limit_fields(&mut fields, limit, remaining, reset);
+    let mut fields = limit.fixed_fields.clone();
+    rate_limit_fields(&mut fields, remaining, reset);
     fields.apply_to(headers);
-}
-
-/// Each name is pushed once per request: set_identity and forwarded_headers push different names.
-fn set_identity(extra: &mut ExtraHeaders, identity: &Identity) {
-    if let Some(v) = &identity.user_header {
-        extra.push(USER_ID, v.clone());
-    }
-    if let Some(v) = &identity.roles_header {
-        extra.push(USER_ROLES, v.clone());
-    }
-    extra.push(AUTHENTICATED_VIA, HeaderValue::from_static(identity.via.as_str()));
 }
 
 /// Appends the peer to `X-Forwarded-For` (a trusted proxy's chain, every line of it, is kept; an
 /// untrusted one is replaced); sets `X-Forwarded-Proto` and `X-Forwarded-Host` unless a trusted
 /// proxy in front already did. The values go into `extra`, which replaces the request's own.
-fn forwarded_headers(headers: &mut HeaderMap, extra: &mut ExtraHeaders, peer: IpAddr, trusted: bool) {
-    // Room for an IPv4 address (an IPv6 one grows it once).
-    let mut chain = String::with_capacity(15);
-    if trusted {
-        for prior in headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
-            if !prior.is_empty() {
-                chain.reserve(prior.len() + 2 + 15);
-                chain.push_str(prior);
-                chain.push_str(", ");
+fn forwarded_headers(headers: &mut HeaderMap, extra: &mut Fields, peer: IpAddr, trusted: bool) {
+    let mut priors = headers.get_all(&X_FORWARDED_FOR).iter().filter(|v| !v.is_empty() && v.to_str().is_ok());
+    match priors.next() {
+        Some(first) if trusted => {
+            let peer = IpText::new(peer);
+            let mut chain = Vec::with_capacity(first.len() + 2 + peer.as_bytes().len());
+            for prior in std::iter::once(first).chain(priors) {
+                chain.extend_from_slice(prior.as_bytes());
+                chain.extend_from_slice(b", ");
             }
+            chain.extend_from_slice(peer.as_bytes());
+            extra.push_bytes(&X_FORWARDED_FOR, &chain);
         }
-    }
-    push_ip(&mut chain, peer);
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        extra.push(X_FORWARDED_FOR, v);
+        _ => extra.push_ip(&X_FORWARDED_FOR, peer),
     }
     if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
-        extra.push(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        extra.push(&X_FORWARDED_PROTO, &HTTP);
     }
     if !trusted || !headers.contains_key(&X_FORWARDED_HOST) {
         match headers.get(header::HOST) {
-            Some(host) => extra.push(X_FORWARDED_HOST, host.clone()),
+            Some(host) => extra.push(&X_FORWARDED_HOST, host),
             None => {
                 headers.remove(&X_FORWARDED_HOST);
             }
-        }
-    }
-}
-
-/// Writes `ip` as its `Display` does; IPv4 (nearly every request) without the formatting machinery,
-/// which costs more than the rest of the forwarding headers together.
-fn push_ip(out: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                out.push_str(digits.format(octet));
-            }
-        }
-        IpAddr::V6(v6) => {
-            use std::fmt::Write as _;
-            // Writing into a String cannot fail.
-            let _ = write!(out, "{v6}");
         }
     }
 }
@@ -836,34 +801,13 @@ mod tests {
     }
 
     #[test]
-    fn addresses_are_written_as_display_writes_them() {
-        for text in [
-            "0.0.0.0",
-            "127.0.0.1",
-            "10.20.30.40",
-            "255.255.255.255",
-            "1.0.99.100",
-            "::1",
-            "::",
-            "fe80::1:2",
-            "::ffff:1.2.3.4",
-            "2001:db8::8a2e:370:7334",
-        ] {
-            let ip: IpAddr = text.parse().expect("ip");
-            let mut out = String::from("x");
-            push_ip(&mut out, ip);
-            assert_eq!(out, format!("x{ip}"), "{text}");
-        }
-    }
-
-    #[test]
     fn forwarded_for_is_appended_only_when_trusted() {
         let peer: IpAddr = "10.0.0.9".parse().expect("ip");
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         h.insert(header::HOST, HeaderValue::from_static("shop.example"));
         let forward = |h: &mut HeaderMap, trusted: bool| {
-            let mut extra = ExtraHeaders::default();
+            let mut extra = Fields::default();
             forwarded_headers(h, &mut extra, peer, trusted);
             extra.apply_to(h);
         };

@@ -20,8 +20,11 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use reskflow_proto::route::RateLimit;
+use reskflow_sidecar::fields::Fields;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
+
+use crate::edge::{RATELIMIT_LIMIT, RATELIMIT_POLICY};
 
 /// Callers' states by key, hashed with foldhash (seeded per limiter) rather than SipHash: the key
 /// is hashed on every request, and SipHash was most of the local decision's cost.
@@ -64,8 +67,7 @@ pub enum Decision {
 pub struct RouteLimiter {
     pub config: RateLimit,
     /// `RateLimit-Limit` and `RateLimit-Policy`, made once.
-    pub limit_header: http::HeaderValue,
-    pub policy_header: http::HeaderValue,
+    pub fixed_fields: Fields,
     local: Keyed,
     /// Emission interval and burst tolerance in microseconds, as the script's arguments (fractions
     /// kept, so limits above a million a second stay exact; formatted once, not per request).
@@ -87,11 +89,13 @@ impl RouteLimiter {
         let window_us = config.window.as_secs_f64() * 1e6;
         let interval_us = window_us / f64::from(config.requests);
         let window_secs = config.window.as_secs() + u64::from(config.window.subsec_nanos() > 0);
+        let mut fixed_fields = Fields::default();
+        fixed_fields.push_number(&RATELIMIT_LIMIT, u64::from(config.requests));
         let policy = format!("{};w={window_secs}", config.requests);
+        fixed_fields.push_bytes(&RATELIMIT_POLICY, policy.as_bytes());
         Ok(RouteLimiter {
             config: config.clone(),
-            limit_header: http::HeaderValue::from(config.requests),
-            policy_header: http::HeaderValue::from_str(&policy).map_err(|e| e.to_string())?,
+            fixed_fields,
             local: RateLimiter::dashmap_with_hasher(quota, foldhash::quality::RandomState::default())
                 .with_middleware::<StateInformationMiddleware>(),
             interval_arg: Bytes::from(interval_us.to_string()),

@@ -9,8 +9,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use reskflow_proto::dataplane::DataPlaneConfig;
 use reskflow_proto::route::Route;
+use reskflow_sidecar::fields::Fields;
 use reskflow_sidecar::routing::RouteTable;
 
+use crate::edge::ROUTE_HEADER;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::ratelimit::RouteLimiter;
 use crate::shape::Shape;
@@ -29,8 +31,10 @@ pub struct CompiledRoute {
     pub metrics: Arc<RouteMetrics>,
     /// Validation and transforms, when the route has any.
     pub shape: Option<Arc<Shape>>,
-    /// `X-Reskflow-Route` on its answers.
-    pub id_header: Option<http::HeaderValue>,
+    /// The fields every proxied answer of the route carries, made once: `X-Reskflow-Route`, and
+    /// with a limit `RateLimit-Limit` and `RateLimit-Policy` (the limit's remaining and reset are
+    /// added per request).
+    pub answer_fields: Fields,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +67,13 @@ pub fn compile(
             _ => Some(Arc::new(RouteLimiter::new(limit)?)),
         },
     };
+    let mut answer_fields = Fields::default();
+    if let Ok(id) = http::HeaderValue::from_str(&route.id) {
+        answer_fields.push(&ROUTE_HEADER, &id);
+    }
+    if let Some(limiter) = &limiter {
+        answer_fields.extend(&limiter.fixed_fields);
+    }
     Ok(CompiledRoute {
         route: route.clone(),
         max_body,
@@ -71,7 +82,7 @@ pub fn compile(
         redis_prefix: format!("reskflow:rl:{}:", route.id),
         metrics,
         shape: Shape::compile(route)?.map(Arc::new),
-        id_header: http::HeaderValue::from_str(&route.id).ok(),
+        answer_fields,
     })
 }
 

@@ -39,6 +39,7 @@ use tokio::net::TcpStream;
 
 use crate::balance::Endpoint;
 use crate::clock;
+use crate::fields::Fields;
 use crate::server::Inbound;
 
 /// What the data plane sends upstream: the caller's body streamed through (within a size limit:
@@ -151,16 +152,17 @@ fn invalid(what: impl std::fmt::Display) -> SendError {
 /// end (a small answer's at once).
 pub async fn send(endpoint: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Response<PooledBody>, SendError> {
     let (parts, body) = req.into_parts();
-    send_parts(endpoint, &parts, &ExtraHeaders::default(), body).await
+    send_parts(endpoint, &parts, &Fields::default(), body).await
 }
 
 /// [`send`] with the request's head borrowed (method, origin-form URI and headers are read, not
 /// taken), so a request that may be retried keeps its head without a copy; `extra` is written
-/// into the head as well (see [`ExtraHeaders`]).
+/// into the head after the request's own headers, each replacing the request's of its name (see
+/// [`Fields`]).
 pub async fn send_parts(
     endpoint: &Arc<Endpoint>,
     parts: &Parts,
-    extra: &ExtraHeaders,
+    extra: &Fields,
     body: RequestBody,
 ) -> Result<Response<PooledBody>, SendError> {
     // The body's bytes when at hand (sent with the head, and again if a connection was stale),
@@ -242,52 +244,6 @@ enum Framing {
     Chunked,
 }
 
-/// Headers a proxy sets on the request it sends (forwarding, identity, trace context), kept beside
-/// the request's header map rather than inserted into it: each is written into the head after the
-/// request's own headers, and a header of the request with the same name is left out, so each
-/// replaces it as `HeaderMap::insert` would. Inserting costs a hash of the name (byte by byte for a
-/// custom one) and a probe per header, which is most of what setting them costs; writing costs
-/// a comparison per header of the request. Where the map must show them (HTTP/2, which takes the
-/// request whole, or a caller that reads the headers back), [`ExtraHeaders::apply_to`] inserts them.
-#[derive(Debug, Default, Clone)]
-pub struct ExtraHeaders {
-    list: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl ExtraHeaders {
-    /// Room for `n` headers in one allocation.
-    pub fn with_capacity(n: usize) -> ExtraHeaders {
-        ExtraHeaders { list: Vec::with_capacity(n) }
-    }
-
-    /// Adds `name: value` for a name not pushed yet (the caller knows which names it sets; a name
-    /// pushed twice is sent twice).
-    #[inline]
-    pub fn push(&mut self, name: HeaderName, value: HeaderValue) {
-        self.list.push((name, value));
-    }
-
-    /// The value of `name` (any case).
-    pub fn get(&self, name: &str) -> Option<&HeaderValue> {
-        self.list.iter().find(|(n, _)| n.as_str().eq_ignore_ascii_case(name)).map(|(_, v)| v)
-    }
-
-    pub fn contains(&self, name: &HeaderName) -> bool {
-        self.list.iter().any(|(n, _)| n == name)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
-    /// Moves the headers into `headers` (replacing values of the same names); none are left here.
-    pub fn apply_to(&mut self, headers: &mut HeaderMap) {
-        for (name, value) in self.list.drain(..) {
-            headers.insert(name, value);
-        }
-    }
-}
-
 /// Headers the client writes itself from the endpoint and the body's framing.
 fn this_hops(name: &HeaderName) -> bool {
     name == header::HOST
@@ -303,7 +259,7 @@ fn write_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn write_head(out: &mut Vec<u8>, endpoint: &Endpoint, parts: &Parts, extra: &ExtraHeaders, framing: Framing) {
+fn write_head(out: &mut Vec<u8>, endpoint: &Endpoint, parts: &Parts, extra: &Fields, framing: Framing) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
@@ -314,18 +270,14 @@ fn write_head(out: &mut Vec<u8>, endpoint: &Endpoint, parts: &Parts, extra: &Ext
     }
     out.extend_from_slice(b"\r\n");
     // Framing and Host are this hop's (written above and below; the body is sent without waiting
-    // for 100-continue), whatever the request or the extra headers say; an extra header replaces
-    // the request's own of its name. (Two plain loops: a chained iterator cost ~250 instructions.)
+    // for 100-continue), whatever the request says (Fields never hold them); an extra field
+    // replaces the request's own of its name.
     for (name, value) in &parts.headers {
-        if !this_hops(name) && !extra.contains(name) {
+        if !this_hops(name) && !extra.replaces(name) {
             write_header(out, name, value);
         }
     }
-    for (name, value) in &extra.list {
-        if !this_hops(name) {
-            write_header(out, name, value);
-        }
-    }
+    out.extend_from_slice(extra.as_bytes());
     match framing {
         // GET and the like say nothing about an empty body; others say it is empty.
         Framing::Length(0)
@@ -948,12 +900,11 @@ mod tests {
         h.append("x-user-id", HeaderValue::from_static("spoofed-1"));
         h.append("x-user-id", HeaderValue::from_static("spoofed-2"));
         h.insert("x-kept", HeaderValue::from_static("mine"));
-        let mut extra = ExtraHeaders::with_capacity(4);
-        extra.push(HeaderName::from_static("x-user-id"), HeaderValue::from_static("user-7"));
-        extra.push(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
-        extra.push(header::HOST, HeaderValue::from_static("spoofed.example"));
-        extra.push(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
-        assert_eq!(extra.get("X-User-Id").map(|v| v.as_bytes()), Some(&b"user-7"[..]));
+        let mut extra = Fields::default();
+        extra.push(&HeaderName::from_static("x-user-id"), &HeaderValue::from_static("user-7"));
+        extra.push(&HeaderName::from_static("x-forwarded-proto"), &HeaderValue::from_static("http"));
+        extra.push(&header::HOST, &HeaderValue::from_static("spoofed.example"));
+        extra.push(&header::CONTENT_LENGTH, &HeaderValue::from_static("999"));
         let (parts, body) = req.into_parts();
         let response = send_parts(&endpoint, &parts, &extra, body).await.expect("answer");
         assert_eq!(response.status(), StatusCode::NO_CONTENT);
@@ -962,14 +913,6 @@ mod tests {
         assert_eq!(lines[0], "GET /x HTTP/1.1");
         assert!(lines[1].starts_with("host: 127.0.0.1:"), "{head}");
         assert_eq!(&lines[2..], ["x-kept: mine", "x-user-id: user-7", "x-forwarded-proto: http"], "{head}");
-
-        // Applied to a map, they replace its values the same way.
-        let mut map = HeaderMap::new();
-        map.append("x-user-id", HeaderValue::from_static("spoofed"));
-        map.append("x-user-id", HeaderValue::from_static("spoofed-2"));
-        extra.apply_to(&mut map);
-        assert!(extra.is_empty());
-        assert_eq!(map.get_all("x-user-id").iter().collect::<Vec<_>>(), ["user-7"]);
     }
 
     #[tokio::test]

@@ -29,6 +29,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod config_watch;
+pub mod fields;
 pub mod health;
 pub mod proxy;
 pub mod registration;

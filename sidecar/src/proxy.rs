@@ -26,8 +26,9 @@ use tracing::debug;
 
 use crate::balance::PickContext;
 use crate::breaker::{Outcome, Rejected};
-use crate::client::{self, ExtraHeaders, PooledBody, RequestBody};
+use crate::client::{self, PooledBody, RequestBody};
 use crate::clock;
+use crate::fields::Fields;
 use crate::health::outlier::Answer;
 use crate::server::{serve_http, Handler, Inbound, ServeLimits};
 use crate::upstreams::{Upstream, Upstreams};
@@ -152,10 +153,10 @@ impl Proxy {
         path: Option<&'a str>,
         timeout: Option<Duration>,
     ) -> impl std::future::Future<Output = Response<ProxyBody>> + Send + 'a {
-        self.call_with(upstream, req, path, timeout, ExtraHeaders::default())
+        self.call_with(upstream, req, path, timeout, Fields::default())
     }
 
-    /// [`Proxy::call`] with headers to set on the request sent (see [`ExtraHeaders`]: they replace
+    /// [`Proxy::call`] with header fields to set on the request sent (see [`Fields`]: they replace
     /// the request's own of the same names without an insert into its header map).
     pub async fn call_with(
         &self,
@@ -163,7 +164,7 @@ impl Proxy {
         req: Request<RequestBody>,
         path: Option<&str>,
         timeout: Option<Duration>,
-        extra: ExtraHeaders,
+        extra: Fields,
     ) -> Response<ProxyBody> {
         upstream.stats.requests.fetch_add(1, Ordering::Relaxed);
         let now = clock::now_ms();
@@ -214,26 +215,19 @@ impl Proxy {
         path: Option<&str>,
         retries: bool,
         timeout: Option<Duration>,
-        mut extra: ExtraHeaders,
+        mut extra: Fields,
     ) -> (Response<ProxyBody>, Outcome) {
         let (mut parts, body) = req.into_parts();
         let traced = strip_hop_by_hop(&mut parts.headers);
-        if !traced && !extra.contains(&TRACEPARENT) {
-            // With the caller's extra headers (the gateway's), beside them: their list is allocated
-            // already. Alone (the sidecar's requests), into the map: one insert costs less than the
-            // list's allocation.
-            if extra.is_empty() {
-                parts.headers.insert(TRACEPARENT, traceparent());
-            } else {
-                extra.push(TRACEPARENT, traceparent());
-            }
+        if !traced && !extra.replaces(&TRACEPARENT) {
+            push_traceparent(&mut extra);
         }
         let policy = &upstream.policy;
         let retry = &policy.retry;
         let http2 = parts.version == Version::HTTP_2;
         if http2 {
-            // The HTTP/2 client takes the request whole: the headers go into its map.
-            extra.apply_to(&mut parts.headers);
+            // The HTTP/2 client takes the request whole: the fields go into its map.
+            std::mem::take(&mut extra).apply_to(&mut parts.headers);
         }
         // Only a request without a body can be sent again as it was.
         let replayable = retries && body.is_end_stream() && is_safe(&parts.method, &parts.headers);
@@ -247,7 +241,8 @@ impl Proxy {
             .load_balancer
             .hash_header
             .as_ref()
-            .and_then(|h| extra.get(h).or_else(|| parts.headers.get(h.as_str())).cloned());
+            .and_then(|h| extra.get(h).or_else(|| parts.headers.get(h.as_str()).map(HeaderValue::as_bytes)))
+            .map(<[u8]>::to_vec);
         // The gateway passes the request's own path when no rewrite applies: kept, not parsed again.
         let unchanged = path.and_then(|p| parts.uri.path_and_query().filter(|pq| pq.as_str() == p).cloned());
         let path_and_query = match (unchanged, path) {
@@ -274,7 +269,7 @@ impl Proxy {
         loop {
             attempt += 1;
             let now = clock::now_ms();
-            let pick = PickContext { hash_key: hash_key.as_ref().map(HeaderValue::as_bytes), now_ms: now };
+            let pick = PickContext { hash_key: hash_key.as_deref(), now_ms: now };
             let Some(endpoint) = upstream.balancer.pick(pick).cloned() else {
                 upstream.stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
                 let mut response =
@@ -382,7 +377,7 @@ impl Proxy {
         req: Request<RequestBody>,
         path: Option<&str>,
         timeout: Option<Duration>,
-        extra: ExtraHeaders,
+        extra: Fields,
     ) -> Response<ProxyBody> {
         match &upstream.policy.fallback {
             Some(Fallback::Static { status, headers, body }) => {
@@ -534,20 +529,38 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
 
 /// A new W3C trace context for a request that came without one (random trace and parent ids,
 /// sampled), written without formatting machinery: it is on every such request's path.
-fn traceparent() -> HeaderValue {
+/// Two hex digits per byte value, for trace ids.
+const HEX_PAIRS: [[u8; 2]; 256] = {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    pairs
+};
+
+/// A new W3C trace context (version 00, random trace and parent ids, sampled) as `traceparent`'s
+/// value.
+fn new_traceparent() -> [u8; 55] {
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
     let mut put = |at: usize, v: u64| {
         for (i, byte) in v.to_be_bytes().into_iter().enumerate() {
-            buf[at + 2 * i] = HEX[usize::from(byte >> 4)];
-            buf[at + 2 * i + 1] = HEX[usize::from(byte & 0xf)];
+            buf[at + 2 * i..at + 2 * i + 2].copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
         }
     };
+    // Neither id may be all zeros: the trace id's low half and the parent id are never 0.
     put(3, fastrand::u64(..));
     put(19, fastrand::u64(1..));
     put(36, fastrand::u64(1..));
-    HeaderValue::from_bytes(&buf)
-        .unwrap_or(HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01"))
+    buf
+}
+
+/// Pushes a new trace context as `traceparent`, written straight into the fields' text.
+fn push_traceparent(fields: &mut Fields) {
+    let value = new_traceparent();
+    fields.push_with(&TRACEPARENT, value.len(), |out| out.extend_from_slice(&value));
 }
 
 pub fn json_error(status: StatusCode, error: &str, service: &str, endpoint: Option<&str>) -> Response<ProxyBody> {
@@ -615,11 +628,15 @@ mod tests {
 
     #[test]
     fn new_trace_contexts_are_well_formed_and_random() {
-        let a = traceparent();
-        let b = traceparent();
-        assert_ne!(a, b);
-        for value in [a, b] {
-            let text = value.to_str().expect("ascii");
+        let mut fields = Fields::default();
+        push_traceparent(&mut fields);
+        push_traceparent(&mut fields);
+        let names: Vec<&[u8]> = fields.iter().map(|(name, _)| name).collect();
+        assert_eq!(names, [b"traceparent", b"traceparent"]);
+        let values: Vec<&[u8]> = fields.iter().map(|(_, value)| value).collect();
+        assert_ne!(values[0], values[1]);
+        for value in values {
+            let text = std::str::from_utf8(value).expect("ascii");
             let parts: Vec<&str> = text.split('-').collect();
             assert_eq!(parts.len(), 4, "{text}");
             assert_eq!((parts[0], parts[3]), ("00", "01"), "{text}");
