@@ -31,8 +31,8 @@ use http::Method;
 use http_body_util::BodyExt;
 use reskflow_proto::route::LimitKey;
 use reskflow_sidecar::client::RequestBody;
-use reskflow_sidecar::fields::IpText;
 use reskflow_sidecar::clock;
+use reskflow_sidecar::fields::IpText;
 use reskflow_sidecar::proxy::Verdict;
 use reskflow_sidecar::upstreams::Upstream;
 use serde_json::Value;
@@ -275,12 +275,19 @@ impl Edge {
             }
             // Boxed too: the call's future is most of this one's size, and this one is moved (copied
             // whole) twice on its way to the connection; the box is one allocation.
-            _ => Box::pin(self.proxy.call_with(&upstream, request, Some(&upstream_path), route.timeout, extra))
-                .await
-                .map(Either::Left),
+            _ => {
+                let answer =
+                    Box::pin(self.proxy.call_with(&upstream, request, Some(&upstream_path), route.timeout, extra))
+                        .await;
+                // The answer's own fields (the endpoint's id) come first among the gateway's.
+                *fields = answer.fields;
+                answer.response.map(Either::Left)
+            }
         };
         if let (Some(shape), Some(seen)) = (&route.shape, &seen) {
             if shape.transforms_response() {
+                // Transforms see (and may remove) every field the answer has so far.
+                std::mem::take(fields).apply_to(response.headers_mut());
                 response = Box::pin(transform_response(shape, seen, &route.route.id, route.max_body, response)).await;
             }
         }
@@ -347,7 +354,8 @@ impl Edge {
         let m = &route.metrics;
         let directive = cache::request_directive(req.headers());
         if directive == RequestDirective::Bypass {
-            let mut response = self.proxy.call(upstream, req, Some(path), route.timeout).await.map(Either::Left);
+            let mut response =
+                self.proxy.call(upstream, req, Some(path), route.timeout).await.into_response().map(Either::Left);
             response.headers_mut().insert(X_CACHE, HeaderValue::from_static("BYPASS"));
             return response;
         }
@@ -376,7 +384,7 @@ impl Edge {
                 }
             }
             let request = Request::from_parts(parts.clone(), Either::Right(Full::new(Bytes::new())));
-            let response = self.proxy.call(upstream, request, Some(path), route.timeout).await;
+            let response = self.proxy.call(upstream, request, Some(path), route.timeout).await.into_response();
             let entry = store(&route.route.id, path, response, ttl, limit, &slot).await?;
             self.cache.store_shared(key, &entry).await;
             Ok(entry)
@@ -405,8 +413,12 @@ impl Edge {
             // Waited for another request whose answer could not be stored: ask on our own.
             Err(()) => {
                 let request = Request::from_parts(parts, Either::Right(Full::new(Bytes::new())));
-                let mut response =
-                    self.proxy.call(upstream, request, Some(path), route.timeout).await.map(Either::Left);
+                let mut response = self
+                    .proxy
+                    .call(upstream, request, Some(path), route.timeout)
+                    .await
+                    .into_response()
+                    .map(Either::Left);
                 response.headers_mut().insert(X_CACHE, HeaderValue::from_static("MISS"));
                 response
             }
@@ -692,19 +704,21 @@ fn rate_limit_headers(headers: &mut HeaderMap, limit: &RouteLimiter, remaining: 
 /// untrusted one is replaced); sets `X-Forwarded-Proto` and `X-Forwarded-Host` unless a trusted
 /// proxy in front already did. The values go into `extra`, which replaces the request's own.
 fn forwarded_headers(headers: &mut HeaderMap, extra: &mut Fields, peer: IpAddr, trusted: bool) {
-    let mut priors = headers.get_all(&X_FORWARDED_FOR).iter().filter(|v| !v.is_empty() && v.to_str().is_ok());
-    match priors.next() {
-        Some(first) if trusted => {
+    // (A custom name's lookup hashes it byte by byte: only a trusted chain is looked for.)
+    let mut priors =
+        trusted.then(|| headers.get_all(&X_FORWARDED_FOR).iter().filter(|v| !v.is_empty() && v.to_str().is_ok()));
+    match priors.as_mut().and_then(Iterator::next) {
+        Some(first) => {
             let peer = IpText::new(peer);
             let mut chain = Vec::with_capacity(first.len() + 2 + peer.as_bytes().len());
-            for prior in std::iter::once(first).chain(priors) {
+            for prior in std::iter::once(first).chain(priors.into_iter().flatten()) {
                 chain.extend_from_slice(prior.as_bytes());
                 chain.extend_from_slice(b", ");
             }
             chain.extend_from_slice(peer.as_bytes());
             extra.push_bytes(&X_FORWARDED_FOR, &chain);
         }
-        _ => extra.push_ip(&X_FORWARDED_FOR, peer),
+        None => extra.push_ip(&X_FORWARDED_FOR, peer),
     }
     if !trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
         extra.push(&X_FORWARDED_PROTO, &HTTP);

@@ -288,7 +288,9 @@ mod tests {
     #[test]
     fn this_hops_own_fields_and_invalid_values_are_not_pushed() {
         let mut fields = Fields::default();
-        for name in [header::HOST, header::EXPECT, header::CONNECTION, header::CONTENT_LENGTH, header::TRANSFER_ENCODING] {
+        for name in
+            [header::HOST, header::EXPECT, header::CONNECTION, header::CONTENT_LENGTH, header::TRANSFER_ENCODING]
+        {
             fields.push(&name, &HeaderValue::from_static("x"));
             fields.push_number(&name, 1);
         }

@@ -29,8 +29,8 @@ use crate::breaker::{Outcome, Rejected};
 use crate::client::{self, PooledBody, RequestBody};
 use crate::clock;
 use crate::fields::Fields;
-use crate::health::outlier::Answer;
-use crate::server::{serve_http, Handler, Inbound, ServeLimits};
+use crate::health::outlier;
+use crate::server::{serve_http, Answer, Handler, Inbound, ServeLimits};
 use crate::upstreams::{Upstream, Upstreams};
 
 /// An upstream's response body: HTTP/1.1 from the endpoint's pool, or HTTP/2.
@@ -70,7 +70,6 @@ const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::UPGRADE,
     header::TRAILER,
 ];
-const ENDPOINT_HEADER: HeaderName = HeaderName::from_static("x-reskflow-endpoint");
 const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-reskflow-fallback");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
@@ -84,13 +83,13 @@ pub struct Proxy {
 
 impl Handler for Proxy {
     type Body = ProxyBody;
-    type Output = Response<ProxyBody>;
+    type Output = Answer<ProxyBody>;
 
     fn call(
         &self,
         req: Request<Inbound>,
         _peer: std::net::SocketAddr,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send + '_ {
+    ) -> impl Future<Output = Answer<ProxyBody>> + Send + '_ {
         self.handle(req)
     }
 }
@@ -109,7 +108,7 @@ impl Proxy {
         serve_http(listener, shutdown, ServeLimits::default(), self).await;
     }
 
-    pub async fn handle(&self, req: Request<Inbound>) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Inbound>) -> Answer<ProxyBody> {
         let (upstream, path) = match route(&req, &self.upstreams, &self.default_upstream) {
             Route::To(upstream, path) => (upstream, path),
             Route::Unknown(service) => {
@@ -119,6 +118,7 @@ impl Proxy {
                     &service,
                     None,
                 )
+                .into()
             }
             Route::Nowhere => {
                 return json_error(
@@ -127,6 +127,7 @@ impl Proxy {
                     "",
                     None,
                 )
+                .into()
             }
         };
         let (mut parts, body) = req.into_parts();
@@ -152,12 +153,14 @@ impl Proxy {
         req: Request<RequestBody>,
         path: Option<&'a str>,
         timeout: Option<Duration>,
-    ) -> impl std::future::Future<Output = Response<ProxyBody>> + Send + 'a {
+    ) -> impl std::future::Future<Output = Answer<ProxyBody>> + Send + 'a {
         self.call_with(upstream, req, path, timeout, Fields::default())
     }
 
     /// [`Proxy::call`] with header fields to set on the request sent (see [`Fields`]: they replace
-    /// the request's own of the same names without an insert into its header map).
+    /// the request's own of the same names without an insert into its header map). The answer's
+    /// own fields (`X-Reskflow-Endpoint`) are in its [`Fields`]; `Answer::into_response` puts them
+    /// in the map for a caller that reads the headers.
     pub async fn call_with(
         &self,
         upstream: &Upstream,
@@ -165,7 +168,7 @@ impl Proxy {
         path: Option<&str>,
         timeout: Option<Duration>,
         extra: Fields,
-    ) -> Response<ProxyBody> {
+    ) -> Answer<ProxyBody> {
         upstream.stats.requests.fetch_add(1, Ordering::Relaxed);
         let now = clock::now_ms();
         let permit = match upstream.breaker.try_acquire_at(now) {
@@ -174,13 +177,13 @@ impl Proxy {
                 upstream.stats.breaker_rejections.fetch_add(1, Ordering::Relaxed);
                 // Boxed, as are the traced path and HTTP/2: what few requests do stays out of the
                 // state every request's future carries (and is copied with it).
-                let mut response = Box::pin(self.fallback(upstream, rejected, req, path, timeout, extra)).await;
-                response.extensions_mut().insert(Verdict::BreakerOpen);
-                return response;
+                let mut answer = Box::pin(self.fallback(upstream, rejected, req, path, timeout, extra)).await;
+                answer.response.extensions_mut().insert(Verdict::BreakerOpen);
+                return answer;
             }
         };
         let started = clock::now_ns();
-        let (response, outcome) = if reskflow_runtime::telemetry::enabled() {
+        let (answer, outcome) = if reskflow_runtime::telemetry::enabled() {
             // Exporting spans: the call is a span of the caller's trace, and the upstream sees it as
             // its parent. (Without export no span is made: this is every request's path.)
             let mut req = req;
@@ -195,15 +198,15 @@ impl Proxy {
             reskflow_runtime::telemetry::inject(&span, req.headers_mut());
             let forwarded =
                 tracing::Instrument::instrument(self.forward(upstream, req, path, true, timeout, extra), span.clone());
-            let (response, outcome) = Box::pin(forwarded).await;
-            span.record("http.response.status_code", response.status().as_u16());
-            (response, outcome)
+            let (answer, outcome) = Box::pin(forwarded).await;
+            span.record("http.response.status_code", answer.response.status().as_u16());
+            (answer, outcome)
         } else {
             self.forward(upstream, req, path, true, timeout, extra).await
         };
         let elapsed = Duration::from_nanos(clock::now_ns().saturating_sub(started));
         upstream.breaker.record_at(permit, outcome, elapsed, clock::now_ms());
-        response
+        answer
     }
 
     /// Sends the request to an endpoint of `upstream`, retrying when allowed; the response and the
@@ -216,7 +219,7 @@ impl Proxy {
         retries: bool,
         timeout: Option<Duration>,
         mut extra: Fields,
-    ) -> (Response<ProxyBody>, Outcome) {
+    ) -> (Answer<ProxyBody>, Outcome) {
         let (mut parts, body) = req.into_parts();
         let traced = strip_hop_by_hop(&mut parts.headers);
         if !traced && !extra.replaces(&TRACEPARENT) {
@@ -256,7 +259,7 @@ impl Proxy {
                         &upstream.service,
                         None,
                     );
-                    return (response, Outcome::Success);
+                    return (response.into(), Outcome::Success);
                 }
             },
             (None, None) => parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
@@ -275,7 +278,7 @@ impl Proxy {
                 let mut response =
                     json_error(StatusCode::SERVICE_UNAVAILABLE, "no healthy endpoint", &upstream.service, None);
                 response.extensions_mut().insert(Verdict::NoEndpoint);
-                return (response, Outcome::Failure(FailureKind::ConnectError));
+                return (response.into(), Outcome::Failure(FailureKind::ConnectError));
             };
             endpoint.start();
             let started = clock::now_ns();
@@ -313,12 +316,14 @@ impl Proxy {
             endpoint.finish(Duration::from_nanos(clock::now_ns().saturating_sub(started)), done);
             let (answer, failure) = match &result {
                 Ok(Ok(response)) if response.status().is_server_error() => {
-                    (Answer::Status(response.status().as_u16()), Some(FailureKind::ServerError))
+                    (outlier::Answer::Status(response.status().as_u16()), Some(FailureKind::ServerError))
                 }
-                Ok(Ok(response)) if response.status().is_client_error() => (Answer::Ok, Some(FailureKind::ClientError)),
-                Ok(Ok(_)) => (Answer::Ok, None),
-                Ok(Err(_)) => (Answer::NoAnswer, Some(FailureKind::ConnectError)),
-                Err(_) => (Answer::NoAnswer, Some(FailureKind::Timeout)),
+                Ok(Ok(response)) if response.status().is_client_error() => {
+                    (outlier::Answer::Ok, Some(FailureKind::ClientError))
+                }
+                Ok(Ok(_)) => (outlier::Answer::Ok, None),
+                Ok(Err(_)) => (outlier::Answer::NoAnswer, Some(FailureKind::ConnectError)),
+                Err(_) => (outlier::Answer::NoAnswer, Some(FailureKind::Timeout)),
             };
             if upstream.outlier.observe(&upstream.balancer, &endpoint, answer, done) {
                 upstream.stats.ejections.fetch_add(1, Ordering::Relaxed);
@@ -331,15 +336,15 @@ impl Proxy {
                 continue;
             }
             let outcome = failure.map_or(Outcome::Success, Outcome::Failure);
-            let response = match result {
+            let answer = match result {
                 Ok(Ok(response)) => {
                     upstream.stats.count_status(response.status().as_u16());
                     let (mut head, body) = response.into_parts();
                     strip_hop_by_hop(&mut head.headers);
-                    if let Some(v) = &endpoint.id_header {
-                        head.headers.insert(ENDPOINT_HEADER, v.clone());
-                    }
-                    Response::from_parts(head, body)
+                    // Room for a gateway's fields after the endpoint's (one allocation).
+                    let mut fields = Fields::with_capacity(192);
+                    fields.extend(&endpoint.answer_fields);
+                    Answer { response: Response::from_parts(head, body), fields }
                 }
                 Ok(Err(err)) => {
                     upstream.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
@@ -351,7 +356,7 @@ impl Proxy {
                     let mut response =
                         json_error(StatusCode::BAD_GATEWAY, message, &upstream.service, Some(&endpoint.spec.id));
                     response.extensions_mut().insert(Verdict::UpstreamError);
-                    response
+                    response.into()
                 }
                 Err(_) => {
                     upstream.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
@@ -362,10 +367,10 @@ impl Proxy {
                         Some(&endpoint.spec.id),
                     );
                     response.extensions_mut().insert(Verdict::Timeout);
-                    response
+                    response.into()
                 }
             };
-            return (response, outcome);
+            return (answer, outcome);
         }
     }
 
@@ -378,7 +383,7 @@ impl Proxy {
         path: Option<&str>,
         timeout: Option<Duration>,
         extra: Fields,
-    ) -> Response<ProxyBody> {
+    ) -> Answer<ProxyBody> {
         match &upstream.policy.fallback {
             Some(Fallback::Static { status, headers, body }) => {
                 upstream.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -392,20 +397,20 @@ impl Proxy {
                     }
                 }
                 h.insert(FALLBACK_HEADER, HeaderValue::from_static("static"));
-                response
+                response.into()
             }
             Some(Fallback::Service { service_id }) => match self.upstreams.get(service_id) {
                 Some(other) => {
                     upstream.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-                    let (mut response, _) = self.forward(&other, req, path, false, timeout, extra).await;
+                    let (mut answer, _) = self.forward(&other, req, path, false, timeout, extra).await;
                     if let Ok(v) = HeaderValue::from_str(service_id) {
-                        response.headers_mut().insert(FALLBACK_HEADER, v);
+                        answer.response.headers_mut().insert(FALLBACK_HEADER, v);
                     }
-                    response
+                    answer
                 }
-                None => breaker_open(upstream, rejected),
+                None => breaker_open(upstream, rejected).into(),
             },
-            None => breaker_open(upstream, rejected),
+            None => breaker_open(upstream, rejected).into(),
         }
     }
 }

@@ -7,12 +7,17 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::fields::Fields;
+
 pub use reskflow_proto::dataplane::EndpointSpec;
 
 /// Latency assumed for an endpoint that has not answered yet (linkerd's default RTT).
 const DEFAULT_RTT_NS: f64 = 30_000_000.0;
 /// How fast the EWMA forgets (linkerd: 10 s).
 const DECAY_NS: f64 = 10_000_000_000.0;
+
+/// Names the instance that answered, on every proxied answer.
+pub const ENDPOINT_HEADER: http::HeaderName = http::HeaderName::from_static("x-reskflow-endpoint");
 
 #[derive(Debug)]
 pub struct Endpoint {
@@ -22,8 +27,9 @@ pub struct Endpoint {
     /// The same, parsed once for the request path (None if the spec is not a valid URI part).
     pub uri_scheme: Option<http::uri::Scheme>,
     pub uri_authority: Option<http::uri::Authority>,
-    /// The instance id as a header value (for `x-reskflow-endpoint`).
-    pub id_header: Option<http::HeaderValue>,
+    /// `X-Reskflow-Endpoint: <instance id>` for answers from it, made once (empty if the id cannot
+    /// be a field's value).
+    pub answer_fields: Fields,
     /// `Host` for requests to it.
     pub host_header: Option<http::HeaderValue>,
     /// Idle HTTP/1.1 connections to it.
@@ -56,7 +62,13 @@ impl Endpoint {
         Endpoint {
             uri_scheme: http::uri::Scheme::try_from(spec.scheme.as_str()).ok(),
             uri_authority: http::uri::Authority::try_from(authority.as_str()).ok(),
-            id_header: http::HeaderValue::from_str(&spec.id).ok(),
+            answer_fields: {
+                let mut fields = Fields::with_capacity(ENDPOINT_HEADER.as_str().len() + spec.id.len() + 4);
+                if let Ok(id) = http::HeaderValue::from_str(&spec.id) {
+                    fields.push(&ENDPOINT_HEADER, &id);
+                }
+                fields
+            },
             host_header: http::HeaderValue::from_str(&authority).ok(),
             pool: crate::client::Pool::default(),
             spec,
