@@ -170,8 +170,8 @@ impl Proxy {
         extra: Fields,
     ) -> Answer<ProxyBody> {
         upstream.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let now = clock::now_ms();
-        let permit = match upstream.breaker.try_acquire_at(now) {
+        let started = clock::now_ns();
+        let permit = match upstream.breaker.try_acquire_at(clock::ms(started)) {
             Ok(permit) => permit,
             Err(rejected) => {
                 upstream.stats.breaker_rejections.fetch_add(1, Ordering::Relaxed);
@@ -182,7 +182,6 @@ impl Proxy {
                 return answer;
             }
         };
-        let started = clock::now_ns();
         let (answer, outcome) = if reskflow_runtime::telemetry::enabled() {
             // Exporting spans: the call is a span of the caller's trace, and the upstream sees it as
             // its parent. (Without export no span is made: this is every request's path.)
@@ -204,8 +203,9 @@ impl Proxy {
         } else {
             self.forward(upstream, req, path, true, timeout, extra).await
         };
-        let elapsed = Duration::from_nanos(clock::now_ns().saturating_sub(started));
-        upstream.breaker.record_at(permit, outcome, elapsed, clock::now_ms());
+        let ended = clock::now_ns();
+        let elapsed = Duration::from_nanos(ended.saturating_sub(started));
+        upstream.breaker.record_at(permit, outcome, elapsed, clock::ms(ended));
         answer
     }
 
@@ -235,9 +235,8 @@ impl Proxy {
         // Only a request without a body can be sent again as it was.
         let replayable = retries && body.is_end_stream() && is_safe(&parts.method, &parts.headers);
         let attempts = if replayable { retry.max_attempts.max(1) } else { 1 };
-        let now = clock::now_ms();
         if replayable {
-            upstream.budget.deposit(now);
+            upstream.budget.deposit(clock::now_ms());
         }
         let per_try = timeout.or(retry.per_try_timeout).unwrap_or_else(|| policy.timeout());
         let hash_key = policy
@@ -271,8 +270,8 @@ impl Proxy {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let now = clock::now_ms();
-            let pick = PickContext { hash_key: hash_key.as_deref(), now_ms: now };
+            let started = clock::now_ns();
+            let pick = PickContext { hash_key: hash_key.as_deref(), now_ms: clock::ms(started) };
             let Some(endpoint) = upstream.balancer.pick(pick).cloned() else {
                 upstream.stats.no_endpoint.fetch_add(1, Ordering::Relaxed);
                 let mut response =
@@ -281,7 +280,6 @@ impl Proxy {
                 return (response.into(), Outcome::Failure(FailureKind::ConnectError));
             };
             endpoint.start();
-            let started = clock::now_ns();
             let result = tokio::time::timeout(per_try, async {
                 let body = match body.take() {
                     Some(b) if !replayable => b,
@@ -312,8 +310,9 @@ impl Proxy {
                 }
             })
             .await;
-            let done = clock::now_ms();
-            endpoint.finish(Duration::from_nanos(clock::now_ns().saturating_sub(started)), done);
+            let ended = clock::now_ns();
+            let done = clock::ms(ended);
+            endpoint.finish(Duration::from_nanos(ended.saturating_sub(started)), done);
             let (answer, failure) = match &result {
                 Ok(Ok(response)) if response.status().is_server_error() => {
                     (outlier::Answer::Status(response.status().as_u16()), Some(FailureKind::ServerError))
