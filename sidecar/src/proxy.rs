@@ -531,8 +531,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     traced && (!present[0] || headers.contains_key(&TRACEPARENT))
 }
 
-/// A new W3C trace context for a request that came without one (random trace and parent ids,
-/// sampled), written without formatting machinery: it is on every such request's path.
 /// Two hex digits per byte value, for trace ids.
 const HEX_PAIRS: [[u8; 2]; 256] = {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -545,8 +543,9 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
     pairs
 };
 
-/// A new W3C trace context (version 00, random trace and parent ids, sampled) as `traceparent`'s
-/// value.
+/// A new W3C trace context for a request that came without one (version 00, random trace and
+/// parent ids, sampled) as `traceparent`'s value, written without formatting machinery: it is on
+/// every such request's path.
 fn new_traceparent() -> [u8; 55] {
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
     let mut put = |at: usize, v: u64| {
@@ -563,8 +562,7 @@ fn new_traceparent() -> [u8; 55] {
 
 /// Pushes a new trace context as `traceparent`, written straight into the fields' text.
 fn push_traceparent(fields: &mut Fields) {
-    let value = new_traceparent();
-    fields.push_with(&TRACEPARENT, value.len(), |out| out.extend_from_slice(&value));
+    fields.push_valid(&TRACEPARENT, &new_traceparent());
 }
 
 pub fn json_error(status: StatusCode, error: &str, service: &str, endpoint: Option<&str>) -> Response<ProxyBody> {
