@@ -581,7 +581,7 @@ async fn transform_response(
     response: Response<EdgeBody>,
 ) -> Response<EdgeBody> {
     let (mut head, body) = response.into_parts();
-    let declared = head.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let declared = declared_length(&head.headers, &body);
     let read = shape.reads_response_body() && is_json(&head.headers) && declared.is_none_or(|n| n <= limit);
     let view = seen.view(route);
     if !read {
@@ -634,7 +634,7 @@ async fn store(
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(response);
         Err(())
     };
-    let declared = head.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let declared = declared_length(&head.headers, &body);
     let Some(ttl) = cache::freshness(head.status, &head.headers, ttl).filter(|_| declared.is_none_or(|n| n <= limit))
     else {
         return keep(head, Either::Left(body));
@@ -669,12 +669,25 @@ async fn store(
     }
 }
 
+/// An answer body's length as its framing states it (a proxied answer's fields carry none), else
+/// as its `Content-Length` does.
+fn declared_length<B: hyper::body::Body>(headers: &HeaderMap, body: &B) -> Option<usize> {
+    body.size_hint()
+        .exact()
+        .and_then(|n| usize::try_from(n).ok())
+        .or_else(|| headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok()))
+}
+
 fn from_cache(entry: &Cached, label: &'static str, head_only: bool) -> Response<EdgeBody> {
     let body = if head_only { Bytes::new() } else { entry.body.clone() };
     let mut response = Response::new(Either::Left(Either::Right(Full::new(body))));
     *response.status_mut() = entry.status;
     *response.headers_mut() = cache::hit_headers(entry);
     response.headers_mut().insert(X_CACHE, HeaderValue::from_static(label));
+    if head_only {
+        // The length a GET's body has (the body itself is left out).
+        response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+    }
     response
 }
 

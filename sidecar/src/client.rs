@@ -10,6 +10,10 @@
 //! chunked and read-until-close answers stream, and their connection goes back to the pool from
 //! the body when it has been read to its end; a body dropped before its end closes it.
 //!
+//! The answer's end-to-end fields are copied from its head as text into received [`Fields`]
+//! (hop-by-hop fields, those its `Connection` names, and a `Content-Length` the body's framing
+//! states again, left out); no `HeaderMap` is built for an answer that is passed on as it came.
+//!
 //! An idle connection the server has closed is noticed before it is used (the socket's readiness,
 //! no system call when nothing happened to it). If a reused connection still turns out closed
 //! before any byte of the answer arrived (the server closed it as the request went out), a request
@@ -29,7 +33,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -40,7 +44,7 @@ use tokio::net::TcpStream;
 use crate::balance::Endpoint;
 use crate::clock;
 use crate::fields::Fields;
-use crate::server::Inbound;
+use crate::server::{Answer, Inbound};
 
 /// What the data plane sends upstream: the caller's body streamed through (within a size limit:
 /// the gateway's per-route limit, none in the sidecar), or bytes it built (an empty body for a
@@ -152,19 +156,20 @@ fn invalid(what: impl std::fmt::Display) -> SendError {
 /// end (a small answer's at once).
 pub async fn send(endpoint: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Response<PooledBody>, SendError> {
     let (parts, body) = req.into_parts();
-    send_parts(endpoint, &parts, &Fields::default(), body).await
+    send_parts(endpoint, &parts, &Fields::default(), body).await.map(Answer::into_response)
 }
 
 /// [`send`] with the request's head borrowed (method, origin-form URI and headers are read, not
 /// taken), so a request that may be retried keeps its head without a copy; `extra` is written
 /// into the head after the request's own headers, each replacing the request's of its name (see
-/// [`Fields`]).
+/// [`Fields`]). The answer's end-to-end fields come as received [`Fields`], not in its map (which
+/// is empty): a proxy passes them on as text, [`Answer::into_response`] makes them a map.
 pub async fn send_parts(
     endpoint: &Arc<Endpoint>,
     parts: &Parts,
     extra: &Fields,
     body: RequestBody,
-) -> Result<Response<PooledBody>, SendError> {
+) -> Result<Answer<PooledBody>, SendError> {
     // The body's bytes when at hand (sent with the head, and again if a connection was stale),
     // else the stream to send after the head.
     let (whole, mut stream) = match body {
@@ -215,8 +220,7 @@ pub async fn send_parts(
                 let mut response = Response::new(body);
                 *response.status_mut() = head.status;
                 *response.version_mut() = head.version;
-                *response.headers_mut() = head.headers;
-                return Ok(response);
+                return Ok(Answer { response, fields: head.fields });
             }
             Err(Failure { stale: true, .. }) if reused && resend_if_stale => {
                 tracing::debug!(endpoint = %endpoint.spec.id, "pooled connection was closed; sending on another");
@@ -277,7 +281,7 @@ fn write_head(out: &mut Vec<u8>, endpoint: &Endpoint, parts: &Parts, extra: &Fie
             write_header(out, name, value);
         }
     }
-    out.extend_from_slice(extra.as_bytes());
+    extra.write_to(out);
     match framing {
         // GET and the like say nothing about an empty body; others say it is empty.
         Framing::Length(0)
@@ -314,7 +318,8 @@ struct Failure {
 struct Head {
     status: StatusCode,
     version: Version,
-    headers: HeaderMap,
+    /// Its end-to-end fields, as received (see [`Fields`]).
+    fields: Fields,
     /// The connection can take another request once the body is read.
     reusable: bool,
 }
@@ -446,77 +451,125 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(Head, De
         return Err(Interim);
     }
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    // Where each name and value sits, so the header map shares the head's bytes instead of copying.
-    let base = buf.as_ptr() as usize;
-    let at: Vec<(usize, usize, usize, usize)> = parsed
-        .headers
-        .iter()
-        .map(|h| {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            (name, name + h.name.len(), value, value + h.value.len())
-        })
-        .collect();
-    let bytes = buf.split_to(len).freeze();
-    // Room for what the proxy adds (endpoint, route and rate-limit headers) without regrowing.
-    let mut headers = HeaderMap::with_capacity(at.len() + 8);
-    // What framing and reuse depend on, noted on the way instead of looked up after.
-    let (mut close, mut connection_kept, mut chunked_or_te, mut lengths) = (false, false, false, 0);
+    let bodiless = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    // The end-to-end fields are copied as text (no header map is built: most answers are passed
+    // on as they came), with room for what the proxy and a gateway add to them.
+    let mut fields = Fields::with_capacity(len + ADDED_ROOM);
+    // What framing and reuse depend on, noted on the way.
+    let (mut close, mut named, mut lengths) = (false, false, 0);
     let mut length = None;
-    for &(name_start, name_end, value_start, value_end) in &at {
-        let name = HeaderName::from_bytes(&bytes[name_start..name_end]).map_err(|e| Bad(invalid(e)))?;
-        let raw = &bytes[value_start..value_end];
-        if name == header::CONNECTION {
-            // `keep-alive` or `close` alone concern this connection only (the proxy strips
-            // Connection anyway): noted, not kept. Anything else stays for the proxy to read.
-            if raw.eq_ignore_ascii_case(b"keep-alive") {
-                continue;
+    let mut last_coding = None;
+    for h in parsed.headers.iter() {
+        let (name, value) = (h.name.as_bytes(), h.value);
+        // Hop-by-hop and framing names are 2, 7, 10, 14, 16 or 17 bytes long: most names are
+        // passed over on their length alone.
+        if HOP_LENGTHS & (1 << name.len().min(63)) != 0 {
+            match Hop::of(name) {
+                Some(Hop::Connection) => {
+                    for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                            named = true;
+                        }
+                    }
+                    continue;
+                }
+                Some(Hop::TransferEncoding) => {
+                    last_coding = Some(value.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii());
+                    continue;
+                }
+                Some(Hop::ContentLength) => {
+                    lengths += 1;
+                    length = Some(value);
+                    // The length is the body's (written again from it) unless there is no body
+                    // to measure: a HEAD's or a 304's states the representation's (a 204 has none).
+                    if !bodiless || status == StatusCode::NO_CONTENT {
+                        continue;
+                    }
+                }
+                // `TE: trailers` is what gRPC needs end to end; any other TE is hop-by-hop.
+                Some(Hop::Te) if value != b"trailers" => continue,
+                Some(Hop::Te) => {}
+                Some(Hop::Other) => continue,
+                None => {}
             }
-            if raw.eq_ignore_ascii_case(b"close") {
-                close = true;
-                continue;
-            }
-            connection_kept = true;
-        } else if name == header::TRANSFER_ENCODING {
-            chunked_or_te = true;
-        } else if name == header::CONTENT_LENGTH {
-            lengths += 1;
-            length = Some((value_start, value_end));
         }
-        let value = HeaderValue::from_maybe_shared(bytes.slice(value_start..value_end)).map_err(|e| Bad(invalid(e)))?;
-        headers.append(name, value);
+        fields.receive(name, value);
+    }
+    if named {
+        // Fields the Connection field names are hop-by-hop too.
+        for h in parsed.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if !token.is_empty() && !token.eq_ignore_ascii_case(b"close") {
+                    fields.drop_received(token);
+                }
+            }
+        }
     }
 
-    let mut reusable = version == Version::HTTP_11
-        && !close
-        && !(connection_kept && has_token(&headers, &header::CONNECTION, "close"));
-    let decoder = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+    let mut reusable = version == Version::HTTP_11 && !close;
+    let decoder = if bodiless {
         Decoder::Length(0)
-    } else if chunked_or_te {
+    } else if let Some(coding) = last_coding {
         // RFC 9112 6.3: chunked when it is the last coding, else until the connection closes; a
         // Content-Length beside it is ignored, and the connection not reused.
         if lengths > 0 {
             reusable = false;
         }
-        let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back();
-        let last_coding = last.and_then(|v| v.to_str().ok()).and_then(|v| v.rsplit(',').next()).map(str::trim);
-        if last_coding.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+        if coding.eq_ignore_ascii_case(b"chunked") {
             Decoder::Chunked(Chunk::Size)
         } else {
             reusable = false;
             Decoder::Close
         }
     } else if lengths > 0 {
-        let single = length.filter(|_| lengths == 1).and_then(|(start, end)| digits(&bytes[start..end]));
-        match single {
+        match length.filter(|_| lengths == 1).and_then(digits) {
             Some(n) => Decoder::Length(n),
-            None => Decoder::Length(content_length(&headers).map_err(Bad)?),
+            None => {
+                let values = parsed.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length"));
+                Decoder::Length(content_length(values.map(|h| h.value)).map_err(Bad)?)
+            }
         }
     } else {
         reusable = false;
         Decoder::Close
     };
-    Ok(Some((Head { status, version, headers, reusable }, decoder)))
+    buf.advance(len);
+    Ok(Some((Head { status, version, fields, reusable }, decoder)))
+}
+
+/// Room left in an answer's fields for those the proxy and a gateway add (endpoint, route and
+/// rate-limit fields) without growing.
+const ADDED_ROOM: usize = 192;
+
+/// Lengths of the names [`Hop::of`] knows.
+const HOP_LENGTHS: u64 = 1 << 2 | 1 << 7 | 1 << 10 | 1 << 14 | 1 << 16 | 1 << 17;
+
+/// The answer's fields that are not passed on as they are.
+enum Hop {
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    Te,
+    /// Keep-Alive, Proxy-Connection, Upgrade, Trailer: hop-by-hop.
+    Other,
+}
+
+impl Hop {
+    fn of(name: &[u8]) -> Option<Hop> {
+        let is = |hop: &str| name.eq_ignore_ascii_case(hop.as_bytes());
+        Some(match name.len() {
+            10 if is("connection") => Hop::Connection,
+            17 if is("transfer-encoding") => Hop::TransferEncoding,
+            14 if is("content-length") => Hop::ContentLength,
+            2 if is("te") => Hop::Te,
+            10 if is("keep-alive") => Hop::Other,
+            16 if is("proxy-connection") => Hop::Other,
+            7 if is("upgrade") || is("trailer") => Hop::Other,
+            _ => return None,
+        })
+    }
 }
 
 /// A Content-Length of 1-18 digits (no overflow possible): the usual answer, read while the head
@@ -528,10 +581,10 @@ fn digits(text: &[u8]) -> Option<u64> {
 
 /// The one length every `Content-Length` value states (RFC 9110 8.6: a list of equal values is
 /// that value; anything else is invalid).
-fn content_length(headers: &HeaderMap) -> Result<u64, SendError> {
+fn content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<u64, SendError> {
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| invalid("Content-Length is not a number"))?;
+    for value in values {
+        let text = std::str::from_utf8(value).map_err(|_| invalid("Content-Length is not a number"))?;
         for item in text.split(',') {
             let item = item.trim();
             if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
@@ -545,15 +598,6 @@ fn content_length(headers: &HeaderMap) -> Result<u64, SendError> {
         }
     }
     length.ok_or_else(|| invalid("Content-Length is empty"))
-}
-
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// How the answer's body is delimited, and how much of it is left.
@@ -907,12 +951,54 @@ mod tests {
         extra.push(&header::CONTENT_LENGTH, &HeaderValue::from_static("999"));
         let (parts, body) = req.into_parts();
         let response = send_parts(&endpoint, &parts, &extra, body).await.expect("answer");
-        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        assert_eq!(response.response.status(), StatusCode::NO_CONTENT);
         let (_, head) = seen.recv().await.expect("request");
         let lines: Vec<&str> = head.trim_end().split("\r\n").collect();
         assert_eq!(lines[0], "GET /x HTTP/1.1");
         assert!(lines[1].starts_with("host: 127.0.0.1:"), "{head}");
         assert_eq!(&lines[2..], ["x-kept: mine", "x-user-id: user-7", "x-forwarded-proto: http"], "{head}");
+    }
+
+    #[tokio::test]
+    async fn an_answers_end_to_end_fields_come_as_text() {
+        let (endpoint, _seen) = scripted(vec![vec![
+            b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\n\
+              Set-Cookie: a=1\r\nX-Hop: 1\r\nContent-Length: 2\r\nUpgrade: h2c\r\nTrailer: x\r\n\
+              Proxy-Connection: x\r\nTE: gzip\r\nset-cookie: b=2\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\n\r\nok",
+            b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 7\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nTE: trailers\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n",
+        ]])
+        .await;
+        let text = |answer: &Answer<PooledBody>| {
+            let mut out = Vec::new();
+            answer.fields.write_to(&mut out);
+            String::from_utf8(out).expect("text")
+        };
+        let (parts, body) = get("/").into_parts();
+        let answer = send_parts(&endpoint, &parts, &Fields::default(), body).await.expect("answer");
+        assert!(answer.response.headers().is_empty(), "no map is built");
+        assert_eq!(
+            text(&answer),
+            "server: up\r\nset-cookie: a=1\r\nset-cookie: b=2\r\ndate: Tue, 01 Dec 2026 10:00:00 GMT\r\n",
+            "hop-by-hop fields, those Connection names and the length (the body's) are left out"
+        );
+        assert_eq!(answer.response.body().size_hint().exact(), Some(2));
+        // No body to measure: a 304's length is the representation's and stays.
+        let answer = send_parts(&endpoint, &parts, &Fields::default(), Either::Right(Full::default())).await;
+        let answer = answer.expect("answer");
+        assert_eq!(answer.response.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(text(&answer), "etag: \"v1\"\r\ncontent-length: 7\r\n");
+        // A 204 has none; `TE: trailers` is end to end.
+        let answer = send_parts(&endpoint, &parts, &Fields::default(), Either::Right(Full::default())).await;
+        assert_eq!(text(&answer.expect("answer")), "te: trailers\r\n");
+        // A HEAD's length is the GET's.
+        let mut head = get("/").into_parts().0;
+        head.method = Method::HEAD;
+        let answer = send_parts(&endpoint, &head, &Fields::default(), Either::Right(Full::default())).await;
+        let answer = answer.expect("answer");
+        assert_eq!(text(&answer), "content-length: 7\r\n");
+        assert_eq!(answer.response.body().size_hint().exact(), Some(0));
     }
 
     #[tokio::test]
@@ -931,7 +1017,8 @@ mod tests {
         assert_eq!(body_of(response).await.expect("body"), "a");
         assert_eq!(endpoint.pool.idle(), 1, "kept alive");
         let response = send(&endpoint, get("/")).await.expect("answer");
-        assert_eq!(response.headers().get(header::CONNECTION).map(|v| v.as_bytes()), Some(&b"x-session, close"[..]));
+        assert!(response.headers().get(header::CONNECTION).is_none(), "hop-by-hop");
+        assert!(response.headers().get("x-session").is_none(), "named by Connection: hop-by-hop too");
         assert_eq!(body_of(response).await.expect("body"), "b");
         assert_eq!(endpoint.pool.idle(), 0, "close among other tokens: not reused");
         let response = send(&endpoint, get("/")).await.expect("answer");
@@ -1015,13 +1102,7 @@ mod tests {
 
     #[test]
     fn content_length_is_one_stated_length() {
-        let of = |values: &[&'static str]| {
-            let mut headers = HeaderMap::new();
-            for v in values {
-                headers.append(header::CONTENT_LENGTH, HeaderValue::from_static(v));
-            }
-            content_length(&headers).ok()
-        };
+        let of = |values: &[&'static str]| content_length(values.iter().map(|v| v.as_bytes())).ok();
         assert_eq!(of(&["101"]), Some(101));
         assert_eq!(of(&["0"]), Some(0));
         assert_eq!(of(&["999999999999999999"]), Some(999_999_999_999_999_999));

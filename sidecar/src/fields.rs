@@ -11,6 +11,13 @@
 //! route's fixed RateLimit fields) joins a message with one copy ([`Fields::extend`]). HTTP/2
 //! messages (hyper's encoders), and callers that read the headers back, get them inserted into the
 //! map ([`Fields::apply_to`]).
+//!
+//! An upstream's answer comes the same way: the client copies its end-to-end fields from the
+//! head's text into `Fields` (received fields) instead of building a `HeaderMap` of them, which
+//! cost ~1,500 instructions per proxied request (a name parsed and hashed per field, two
+//! allocations, hop-by-hop names looked up and removed, the map read back when the answer was
+//! written). What the proxy and the gateway add comes after them and replaces received fields of
+//! its name.
 
 use std::net::IpAddr;
 
@@ -18,15 +25,23 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// Header fields as a head carries them, `name: value\r\n` each. A name pushed twice is sent twice.
 ///
-/// Never the fields this hop writes itself from the message and its peer: `Content-Length`,
+/// Two kinds of field, in this order: those **received** with a message (an upstream's answer,
+/// copied from its head by the client instead of being built into a `HeaderMap`), then those
+/// **added** on the way (pushed). An added field replaces the received ones of its name, as an
+/// insert into the map would; a received name seen twice is kept twice (`Set-Cookie`).
+///
+/// Never added: the fields this hop writes itself from the message and its peer: `Content-Length`,
 /// `Transfer-Encoding` and `Connection` (framing, read from the map), `Host` and `Expect` (the
 /// client's own for the endpoint it sends to). Pushing one of those does nothing.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Fields {
     lines: Vec<u8>,
-    /// Bit `n` is set when a name of `n` bytes is among them (bit 63: 63 bytes or more), so the
-    /// map's fields are compared by name only when one has a length in common with them.
-    lengths: u64,
+    /// `lines[..received]` are the received fields, the rest the added ones.
+    received: usize,
+    /// Bit `n` is set when a name of `n` bytes is among the received (added) fields (bit 63: 63
+    /// bytes or more), so names are compared only when one has a length in common with them.
+    received_lengths: u64,
+    added_lengths: u64,
 }
 
 fn length_bit(name: &[u8]) -> u64 {
@@ -46,10 +61,24 @@ fn valid_value(value: &[u8]) -> bool {
     value.iter().all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
 }
 
+/// Lines written by [`Fields`] ("name: value\r\n", the name without ':' and the value without CR
+/// or LF), each `(name, value)`, going from line to line with `memchr` (a byte by byte split of
+/// the lines cost ~1,300 instructions a request where `replaces` reads them).
+fn lines_of(text: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        let end = memchr::memchr(b'\n', rest)?;
+        let line = &rest[..end.saturating_sub(1)];
+        rest = &rest[end + 1..];
+        let colon = memchr::memchr(b':', line).unwrap_or(line.len());
+        Some((&line[..colon], line.get(colon + 2..).unwrap_or_default()))
+    })
+}
+
 impl Fields {
     /// Room for `bytes` of fields in one allocation.
     pub fn with_capacity(bytes: usize) -> Fields {
-        Fields { lines: Vec::with_capacity(bytes), lengths: 0 }
+        Fields { lines: Vec::with_capacity(bytes), ..Fields::default() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,57 +119,108 @@ impl Fields {
             // Room for a few fields without growing.
             self.lines.reserve(192);
         }
+        self.put(name, value);
+        self.added_lengths |= length_bit(name);
+    }
+
+    fn put(&mut self, name: &[u8], value: &[u8]) {
         self.lines.reserve(name.len() + value.len() + 4);
         self.lines.extend_from_slice(name);
         self.lines.extend_from_slice(b": ");
         self.lines.extend_from_slice(value);
         self.lines.extend_from_slice(b"\r\n");
-        self.lengths |= length_bit(name);
     }
 
-    /// Adds `other`'s fields after these (one copy: fields made once, joining each message).
+    /// A field received with the message, before any is added: `name` a token and `value` a
+    /// valid field value, as the head's parser checked them. The name is kept in lower case (as
+    /// a `HeaderName` would be) so that names compare as bytes.
+    pub(crate) fn receive(&mut self, name: &[u8], value: &[u8]) {
+        debug_assert_eq!(self.received, self.lines.len(), "received fields come before added ones");
+        let start = self.lines.len();
+        self.put(name, value);
+        self.lines[start..start + name.len()].make_ascii_lowercase();
+        self.received = self.lines.len();
+        self.received_lengths |= length_bit(name);
+    }
+
+    /// Drops the received fields named `name` (any case): those a `Connection` field names.
+    pub(crate) fn drop_received(&mut self, name: &[u8]) {
+        if self.received_lengths & length_bit(name) == 0 {
+            return;
+        }
+        let mut kept = Vec::with_capacity(self.lines.capacity());
+        let mut lengths = 0;
+        for (own, value) in lines_of(&self.lines[..self.received]) {
+            if !own.eq_ignore_ascii_case(name) {
+                kept.extend_from_slice(own);
+                kept.extend_from_slice(b": ");
+                kept.extend_from_slice(value);
+                kept.extend_from_slice(b"\r\n");
+                lengths |= length_bit(own);
+            }
+        }
+        let received = kept.len();
+        kept.extend_from_slice(&self.lines[self.received..]);
+        self.lines = kept;
+        self.received = received;
+        self.received_lengths = lengths;
+    }
+
+    /// Adds `other`'s fields after these (one copy: fields made once, joining each message). They
+    /// are added fields here, whatever they were in `other` (fields made once have no received ones).
     pub fn extend(&mut self, other: &Fields) {
         if self.lines.capacity() == 0 {
             self.lines.reserve(192.max(other.lines.len()));
         }
         self.lines.extend_from_slice(&other.lines);
-        self.lengths |= other.lengths;
+        self.added_lengths |= other.received_lengths | other.added_lengths;
     }
 
-    /// The fields, each `(name, value)`, going from line to line with `memchr` (a byte by byte
-    /// split of the lines cost ~1,300 instructions a request where `replaces` reads them).
+    /// Whether a received field named `name` gives way to an added one.
+    fn replaced(&self, name: &[u8]) -> bool {
+        self.added_lengths & length_bit(name) != 0 && lines_of(&self.lines[self.received..]).any(|(own, _)| own == name)
+    }
+
+    /// The fields as they are sent, each `(name, value)`: the received ones no added one replaces,
+    /// then the added ones.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        // Every line was written by push_valid: "name: value\r\n", the name without ':' and the
-        // value without CR or LF.
-        let mut rest = &self.lines[..];
-        std::iter::from_fn(move || {
-            let end = memchr::memchr(b'\n', rest)?;
-            let line = &rest[..end.saturating_sub(1)];
-            rest = &rest[end + 1..];
-            let colon = memchr::memchr(b':', line).unwrap_or(line.len());
-            Some((&line[..colon], line.get(colon + 2..).unwrap_or_default()))
-        })
+        let overlap = self.received_lengths & self.added_lengths != 0;
+        lines_of(&self.lines[..self.received])
+            .filter(move |(name, _)| !overlap || !self.replaced(name))
+            .chain(lines_of(&self.lines[self.received..]))
     }
 
     /// Whether a field of the map named `name` gives way to one of these.
     #[inline]
     pub fn replaces(&self, name: &HeaderName) -> bool {
         let name = name.as_str().as_bytes();
-        self.lengths & length_bit(name) != 0 && self.iter().any(|(own, _)| own == name)
+        (self.received_lengths | self.added_lengths) & length_bit(name) != 0
+            && lines_of(&self.lines).any(|(own, _)| own == name)
     }
 
-    /// The value of the first field named `name` (any case).
+    /// The value of the first field named `name` (any case) as sent: an added one before a
+    /// received one.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         let name = name.as_bytes();
-        if self.lengths & length_bit(name) == 0 {
-            return None;
-        }
-        self.iter().find(|(own, _)| own.eq_ignore_ascii_case(name)).map(|(_, value)| value)
+        let bit = length_bit(name);
+        let find = |text| lines_of(text).find(|(own, _)| own.eq_ignore_ascii_case(name)).map(|(_, value)| value);
+        let added = if self.added_lengths & bit != 0 { find(&self.lines[self.received..]) } else { None };
+        added.or_else(|| if self.received_lengths & bit != 0 { find(&self.lines[..self.received]) } else { None })
     }
 
-    /// The fields as the head carries them, to be written after the map's.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.lines
+    /// Writes the fields into a head (after the map's): received fields an added one replaces
+    /// are left out; the usual case, no name in common, is one copy.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        if self.received_lengths & self.added_lengths == 0 {
+            out.extend_from_slice(&self.lines);
+            return;
+        }
+        for (name, value) in self.iter() {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
     }
 
     /// Inserts the fields into `headers` (a name already there is replaced; a name pushed twice
@@ -151,7 +231,7 @@ impl Fields {
         }
         let mut fields = Vec::with_capacity(8);
         for (name, value) in self.iter() {
-            // Both were a HeaderName and a valid value when pushed.
+            // Both were a HeaderName (or a token) and a valid value when pushed (or received).
             if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
                 fields.push((name, value));
             }
@@ -225,6 +305,12 @@ mod tests {
     const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
     const ROUTE: HeaderName = HeaderName::from_static("x-route");
 
+    fn text(fields: &Fields) -> Vec<u8> {
+        let mut out = Vec::new();
+        fields.write_to(&mut out);
+        out
+    }
+
     #[test]
     fn fields_are_written_as_a_head_writes_them_and_read_back() {
         let mut fields = Fields::default();
@@ -235,7 +321,7 @@ mod tests {
         fields.push_ip(&header::FORWARDED, "10.0.20.7".parse().expect("ip"));
         fields.push_ip(&header::FORWARDED, "2001:db8::1".parse().expect("ip"));
         assert_eq!(
-            fields.as_bytes(),
+            text(&fields),
             &b"ratelimit-limit: 10\r\nx-route: orders by id\r\nx-route: \r\nforwarded: 10.0.20.7\r\nforwarded: 2001:db8::1\r\n"[..]
         );
         let read: Vec<_> = fields.iter().collect();
@@ -301,7 +387,7 @@ mod tests {
         // Same lengths as two of them, other names.
         fields.push(&HeaderName::from_static("x-ab"), &HeaderValue::from_static("1"));
         fields.push(&HeaderName::from_static("x-abcdefghijkl"), &HeaderValue::from_static("2"));
-        assert_eq!(fields.as_bytes(), b"x-ab: 1\r\nx-abcdefghijkl: 2\r\n");
+        assert_eq!(text(&fields), b"x-ab: 1\r\nx-abcdefghijkl: 2\r\n");
         for bad in [&b"a\r\nx-injected: 1"[..], b"a\nb", b"nul\0", b"del\x7f"] {
             assert!(!fields.push_bytes(&ROUTE, bad), "{bad:?}");
         }
@@ -318,6 +404,54 @@ mod tests {
         fields.push_number(&LIMIT, 3);
         assert!(fields.replaces(&HeaderName::from_static("x-user-id")));
         assert!(fields.replaces(&LIMIT));
-        assert_eq!(fields.as_bytes(), b"x-user-id: u-1\r\nratelimit-limit: 3\r\n");
+        assert_eq!(text(&fields), b"x-user-id: u-1\r\nratelimit-limit: 3\r\n");
+    }
+
+    #[test]
+    fn added_fields_replace_received_ones_of_their_name() {
+        let mut fields = Fields::with_capacity(64);
+        fields.receive(b"Content-Type", b"application/json");
+        fields.receive(b"set-cookie", b"a=1");
+        fields.receive(b"Set-Cookie", b"b=2");
+        fields.receive(b"RateLimit-Limit", b"99");
+        // Received names are kept in lower case; a name received twice is sent twice.
+        assert_eq!(
+            text(&fields),
+            b"content-type: application/json\r\nset-cookie: a=1\r\nset-cookie: b=2\r\nratelimit-limit: 99\r\n"
+        );
+        assert_eq!(fields.get("RateLimit-Limit"), Some(&b"99"[..]));
+        fields.push_number(&LIMIT, 10);
+        fields.push(&ROUTE, &HeaderValue::from_static("r"));
+        assert_eq!(
+            text(&fields),
+            b"content-type: application/json\r\nset-cookie: a=1\r\nset-cookie: b=2\r\nratelimit-limit: 10\r\nx-route: r\r\n"
+        );
+        assert_eq!(fields.get("ratelimit-limit"), Some(&b"10"[..]));
+        assert_eq!(fields.iter().count(), 5);
+        // Into a map: the map's own field of a name gives way, both cookies stay.
+        let mut map = HeaderMap::new();
+        map.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        map.insert(header::SERVER, HeaderValue::from_static("kept"));
+        fields.apply_to(&mut map);
+        assert_eq!(map[header::CONTENT_TYPE], "application/json");
+        assert_eq!(map.get_all(header::SET_COOKIE).iter().collect::<Vec<_>>(), ["a=1", "b=2"]);
+        assert_eq!(map.get_all(LIMIT).iter().collect::<Vec<_>>(), ["10"]);
+        assert_eq!(map[header::SERVER], "kept");
+    }
+
+    #[test]
+    fn received_fields_a_connection_names_are_dropped() {
+        let mut fields = Fields::default();
+        fields.receive(b"X-Hop", b"1");
+        fields.receive(b"x-kept", b"2");
+        fields.receive(b"x-hop", b"3");
+        fields.push(&ROUTE, &HeaderValue::from_static("r"));
+        fields.drop_received(b"X-HOP");
+        assert_eq!(text(&fields), b"x-kept: 2\r\nx-route: r\r\n");
+        assert_eq!(fields.get("x-hop"), None);
+        // The added field is still added: it replaces a received one of its name.
+        assert!(fields.replaces(&ROUTE));
+        fields.drop_received(b"x-absent");
+        assert_eq!(text(&fields), b"x-kept: 2\r\nx-route: r\r\n");
     }
 }

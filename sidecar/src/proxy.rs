@@ -299,14 +299,16 @@ impl Proxy {
                     // A request sent once takes the headers; one that may be retried keeps a copy.
                     *request.headers_mut() =
                         if replayable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
-                    let response = Box::pin(self.http2.request(request)).await.map_err(SendFailure::Legacy)?;
-                    Ok::<_, SendFailure>(response.map(|b| Either::Left(Either::Right(b))))
+                    let mut response = Box::pin(self.http2.request(request)).await.map_err(SendFailure::Legacy)?;
+                    strip_hop_by_hop(response.headers_mut());
+                    Ok::<_, SendFailure>(Answer::from(response.map(|b| Either::Left(Either::Right(b)))))
                 } else {
                     // HTTP/1.1 goes out in origin form on a pooled connection; the head is only
-                    // read, so a retry sends it again without a copy.
-                    let response =
+                    // read, so a retry sends it again without a copy. The answer's fields come
+                    // as text, hop-by-hop ones left out.
+                    let answer =
                         client::send_parts(&endpoint, &parts, &extra, body).await.map_err(SendFailure::Http1)?;
-                    Ok(response.map(|b| Either::Left(Either::Left(b))))
+                    Ok(answer.map(|b| Either::Left(Either::Left(b))))
                 }
             })
             .await;
@@ -314,10 +316,10 @@ impl Proxy {
             let done = clock::ms(ended);
             endpoint.finish(Duration::from_nanos(ended.saturating_sub(started)), done);
             let (answer, failure) = match &result {
-                Ok(Ok(response)) if response.status().is_server_error() => {
-                    (outlier::Answer::Status(response.status().as_u16()), Some(FailureKind::ServerError))
+                Ok(Ok(answer)) if answer.response.status().is_server_error() => {
+                    (outlier::Answer::Status(answer.response.status().as_u16()), Some(FailureKind::ServerError))
                 }
-                Ok(Ok(response)) if response.status().is_client_error() => {
+                Ok(Ok(answer)) if answer.response.status().is_client_error() => {
                     (outlier::Answer::Ok, Some(FailureKind::ClientError))
                 }
                 Ok(Ok(_)) => (outlier::Answer::Ok, None),
@@ -336,14 +338,11 @@ impl Proxy {
             }
             let outcome = failure.map_or(Outcome::Success, Outcome::Failure);
             let answer = match result {
-                Ok(Ok(response)) => {
-                    upstream.stats.count_status(response.status().as_u16());
-                    let (mut head, body) = response.into_parts();
-                    strip_hop_by_hop(&mut head.headers);
-                    // Room for a gateway's fields after the endpoint's (one allocation).
-                    let mut fields = Fields::with_capacity(192);
-                    fields.extend(&endpoint.answer_fields);
-                    Answer { response: Response::from_parts(head, body), fields }
+                Ok(Ok(mut answer)) => {
+                    upstream.stats.count_status(answer.response.status().as_u16());
+                    // After the upstream's fields (with room for a gateway's after it).
+                    answer.fields.extend(&endpoint.answer_fields);
+                    answer
                 }
                 Ok(Err(err)) => {
                     upstream.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
@@ -402,9 +401,7 @@ impl Proxy {
                 Some(other) => {
                     upstream.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
                     let (mut answer, _) = self.forward(&other, req, path, false, timeout, extra).await;
-                    if let Ok(v) = HeaderValue::from_str(service_id) {
-                        answer.response.headers_mut().insert(FALLBACK_HEADER, v);
-                    }
+                    answer.fields.push_bytes(&FALLBACK_HEADER, service_id.as_bytes());
                     answer
                 }
                 None => breaker_open(upstream, rejected).into(),

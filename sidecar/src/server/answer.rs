@@ -24,6 +24,11 @@ impl<B> From<Response<B>> for Answer<B> {
 }
 
 impl<B> Answer<B> {
+    /// The same answer with its body made another type.
+    pub fn map<C>(self, f: impl FnOnce(B) -> C) -> Answer<C> {
+        Answer { response: self.response.map(f), fields: self.fields }
+    }
+
     /// The response with the fields inserted into its map (as `HeaderMap::insert` would).
     pub fn into_response(self) -> Response<B> {
         let Answer { mut response, fields } = self;

@@ -569,7 +569,9 @@ where
         }
         put_header(wbuf, name.as_str().as_bytes(), value.as_bytes());
     }
-    wbuf.extend_from_slice(fields.as_bytes());
+    fields.write_to(wbuf);
+    // (An upstream's answer brings its own Date among its fields.)
+    has_date |= own_fields && fields.get("date").is_some();
     drop(fields);
     if !has_date {
         put_date(wbuf);
