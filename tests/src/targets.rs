@@ -299,6 +299,17 @@ impl EchoBackend {
                     {
                         response.headers_mut().insert("cache-control", cc);
                     }
+                    // `?answer-header=name:value` (repeatable) adds that field to the answer.
+                    for (_, field) in query.iter().filter(|(k, _)| k == "answer-header") {
+                        if let Some((name, value)) = field.split_once(':') {
+                            if let (Ok(name), Ok(value)) = (
+                                hyper::header::HeaderName::from_bytes(name.as_bytes()),
+                                hyper::header::HeaderValue::from_str(value),
+                            ) {
+                                response.headers_mut().append(name, value);
+                            }
+                        }
+                    }
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });

@@ -77,6 +77,31 @@ async fn a_sidecar_registers_its_instance_routes_to_the_upstream_and_follows_new
     assert_eq!(body["path"], "/charges/7?currency=eur");
     assert!(body["traceparent"].as_str().is_some_and(|t| t.starts_with("00-")), "a trace context is added: {body}");
     assert!(headers.contains_key("x-reskflow-endpoint"));
+
+    // The upstream's answer fields pass as they came, but for the hop-by-hop ones (and those its
+    // Connection names); the sidecar's own replaces one of its name.
+    let fields = [
+        "set-cookie:a%3D1",
+        "set-cookie:b%3D2",
+        "connection:x-hop",
+        "x-hop:1",
+        "keep-alive:timeout%3D5",
+        "x-reskflow-endpoint:spoofed",
+        "x-kept:yes",
+    ];
+    let query: Vec<String> = fields.iter().map(|f| format!("answer-header={f}")).collect();
+    let (status, headers, body) = sidecar.get(&format!("/payments/fields?{}", query.join("&"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers.get_all("set-cookie").iter().collect::<Vec<_>>(), ["a=1", "b=2"]);
+    for gone in ["x-hop", "keep-alive"] {
+        assert!(!headers.contains_key(gone), "{gone} is hop-by-hop: {headers:?}");
+    }
+    assert_eq!(headers["x-kept"], "yes");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(headers.get_all("date").iter().count(), 1, "the upstream's Date, not a second one");
+    let endpoints: Vec<_> = headers.get_all("x-reskflow-endpoint").iter().collect();
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    assert!(endpoints[0] == "pay-a" || endpoints[0] == "pay-b", "the sidecar's own: {endpoints:?}");
     assert_eq!(backends_seen(&sidecar, "/payments/x", 10).await, HashSet::from(["pay-a".into(), "pay-b".into()]));
 
     // Host style.
