@@ -25,6 +25,7 @@
 //! 100-continue` (the body is sent at once; interim 1xx answers are skipped). Trailers of a chunked
 //! answer are read and dropped.
 
+use std::future::Future;
 use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -40,6 +41,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use crate::balance::Endpoint;
 use crate::clock;
@@ -83,6 +85,11 @@ struct Idle {
 struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// The deadline of the request on it: one timer kept with the connection and moved forward
+    /// for each request (a later deadline is a compare-and-swap on the timer's state), instead of
+    /// a timer made, entered into the runtime's wheel and taken out of it again per request
+    /// (~450 instructions).
+    timer: Pin<Box<Sleep>>,
 }
 
 impl Conn {
@@ -145,6 +152,8 @@ pub enum SendError {
     Invalid(String),
     #[error("request body: {0}")]
     Body(BoxError),
+    #[error("the upstream did not answer in time")]
+    Timeout,
 }
 
 fn invalid(what: impl std::fmt::Display) -> SendError {
@@ -154,9 +163,13 @@ fn invalid(what: impl std::fmt::Display) -> SendError {
 /// Sends `req` (origin-form URI; `Host` is set to the endpoint's) to `endpoint` over HTTP/1.1 and
 /// returns its answer; the body hands the connection back to the endpoint's pool once read to the
 /// end (a small answer's at once).
-pub async fn send(endpoint: &Arc<Endpoint>, req: Request<RequestBody>) -> Result<Response<PooledBody>, SendError> {
+pub async fn send(
+    endpoint: &Arc<Endpoint>,
+    req: Request<RequestBody>,
+    timeout: Duration,
+) -> Result<Response<PooledBody>, SendError> {
     let (parts, body) = req.into_parts();
-    send_parts(endpoint, &parts, &Fields::default(), body).await.map(Answer::into_response)
+    send_parts(endpoint, &parts, &Fields::default(), body, timeout).await.map(Answer::into_response)
 }
 
 /// [`send`] with the request's head borrowed (method, origin-form URI and headers are read, not
@@ -164,12 +177,17 @@ pub async fn send(endpoint: &Arc<Endpoint>, req: Request<RequestBody>) -> Result
 /// into the head after the request's own headers, each replacing the request's of its name (see
 /// [`Fields`]). The answer's end-to-end fields come as received [`Fields`], not in its map (which
 /// is empty): a proxy passes them on as text, [`Answer::into_response`] makes them a map.
+///
+/// `timeout` bounds the whole exchange up to the answer's head (and a body read whole): connecting,
+/// sending, waiting ([`SendError::Timeout`]). A streamed body is not bounded by it.
 pub async fn send_parts(
     endpoint: &Arc<Endpoint>,
     parts: &Parts,
     extra: &Fields,
     body: RequestBody,
+    timeout: Duration,
 ) -> Result<Answer<PooledBody>, SendError> {
+    let deadline = deadline_after(timeout);
     // The body's bytes when at hand (sent with the head, and again if a connection was stale),
     // else the stream to send after the head.
     let (whole, mut stream) = match body {
@@ -197,9 +215,15 @@ pub async fn send_parts(
     loop {
         let (mut conn, reused) = match endpoint.pool.take(clock::now_ms()) {
             Some(conn) => (conn, true),
-            None => (connect(endpoint).await?, false),
+            None => (connect(endpoint, deadline).await?, false),
         };
-        match exchange(&mut conn, &out, rest.as_ref(), stream.as_mut(), framing, head_request).await {
+        let Conn { io, buf, timer } = &mut conn;
+        let exchanged = exchange(io, buf, &out, rest.as_ref(), stream.as_mut(), framing, head_request);
+        let Some(result) = within(timer, deadline, exchanged).await else {
+            // (The connection is dropped: an answer may still be on its way.)
+            return Err(SendError::Timeout);
+        };
+        match result {
             Ok((head, plan)) => {
                 let body = match plan {
                     Plan::Whole(bytes) => {
@@ -228,6 +252,25 @@ pub async fn send_parts(
             Err(failure) => return Err(failure.error),
         }
     }
+}
+
+/// `timeout` from now (a timeout too large for the clock is a day).
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(86_400))
+}
+
+/// `work`, unless `timer` (moved to `deadline`) fires first: None.
+async fn within<T>(timer: &mut Pin<Box<Sleep>>, deadline: Instant, work: impl Future<Output = T>) -> Option<T> {
+    timer.as_mut().reset(deadline);
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 async fn full_bytes(mut full: Full<Bytes>) -> Bytes {
@@ -297,15 +340,18 @@ fn write_head(out: &mut Vec<u8>, endpoint: &Endpoint, parts: &Parts, extra: &Fie
     out.extend_from_slice(b"\r\n");
 }
 
-async fn connect(endpoint: &Endpoint) -> Result<Conn, SendError> {
+/// A new connection, within `CONNECT_TIMEOUT` and the request's `deadline`.
+async fn connect(endpoint: &Endpoint, deadline: Instant) -> Result<Conn, SendError> {
     let addr = (endpoint.spec.address.as_str(), endpoint.spec.port);
-    let io = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+    let limit = deadline.min(Instant::now() + CONNECT_TIMEOUT);
+    let io = match tokio::time::timeout_at(limit, TcpStream::connect(addr)).await {
         Ok(Ok(io)) => io,
         Ok(Err(err)) => return Err(SendError::Connect(endpoint.authority.clone(), err)),
+        Err(_) if limit == deadline => return Err(SendError::Timeout),
         Err(_) => return Err(SendError::ConnectTimeout(endpoint.authority.clone())),
     };
     let _ = io.set_nodelay(true);
-    Ok(Conn { io, buf: BytesMut::with_capacity(READ_CHUNK) })
+    Ok(Conn { io, buf: BytesMut::with_capacity(READ_CHUNK), timer: Box::pin(tokio::time::sleep_until(deadline)) })
 }
 
 /// A failed exchange; `stale`: the connection failed before any byte of an answer came back.
@@ -333,7 +379,8 @@ enum Plan {
 
 /// Writes the request and reads the answer's head (and a small body).
 async fn exchange(
-    conn: &mut Conn,
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
     head: &[u8],
     rest: Option<&Bytes>,
     stream: Option<&mut Limited<Inbound>>,
@@ -341,17 +388,17 @@ async fn exchange(
     head_request: bool,
 ) -> Result<(Head, Plan), Failure> {
     let stale = |error: io::Error| Failure { error: SendError::Io(error), stale: true };
-    conn.io.write_all(head).await.map_err(stale)?;
+    io.write_all(head).await.map_err(stale)?;
     if let Some(rest) = rest {
-        conn.io.write_all(rest).await.map_err(stale)?;
+        io.write_all(rest).await.map_err(stale)?;
     }
     if let Some(stream) = stream {
-        write_stream(&mut conn.io, stream, framing).await.map_err(|error| Failure { error, stale: false })?;
+        write_stream(&mut *io, stream, framing).await.map_err(|error| Failure { error, stale: false })?;
     }
     let mut received = false;
     let head = loop {
         // (Nothing to parse before the first read: a pooled connection's buffer is empty.)
-        match if conn.buf.is_empty() { Ok(None) } else { parse_head(&mut conn.buf, head_request) } {
+        match if buf.is_empty() { Ok(None) } else { parse_head(&mut *buf, head_request) } {
             Ok(Some(head)) => break head,
             Ok(None) => {}
             Err(Interim) => {
@@ -360,13 +407,13 @@ async fn exchange(
             }
             Err(Bad(error)) => return Err(Failure { error, stale: false }),
         }
-        received |= !conn.buf.is_empty();
-        conn.buf.reserve(READ_CHUNK);
-        match conn.io.read_buf(&mut conn.buf).await {
-            Ok(0) => return Err(Failure { error: SendError::Closed, stale: !received && conn.buf.is_empty() }),
+        received |= !buf.is_empty();
+        buf.reserve(READ_CHUNK);
+        match io.read_buf(&mut *buf).await {
+            Ok(0) => return Err(Failure { error: SendError::Closed, stale: !received && buf.is_empty() }),
             Ok(_) => {}
             Err(error) => {
-                let stale = !received && conn.buf.is_empty();
+                let stale = !received && buf.is_empty();
                 return Err(Failure { error: SendError::Io(error), stale });
             }
         }
@@ -375,15 +422,15 @@ async fn exchange(
     let plan = match decoder {
         Decoder::Length(n) if n <= BUFFER_UP_TO => {
             let n = n as usize;
-            while conn.buf.len() < n {
-                conn.buf.reserve(n - conn.buf.len());
-                match conn.io.read_buf(&mut conn.buf).await {
+            while buf.len() < n {
+                buf.reserve(n - buf.len());
+                match io.read_buf(&mut *buf).await {
                     Ok(0) => return Err(Failure { error: SendError::Closed, stale: false }),
                     Ok(_) => {}
                     Err(error) => return Err(Failure { error: SendError::Io(error), stale: false }),
                 }
             }
-            Plan::Whole(conn.buf.split_to(n).freeze())
+            Plan::Whole(buf.split_to(n).freeze())
         }
         decoder => Plan::Stream(decoder),
     };
@@ -819,6 +866,9 @@ mod tests {
     use tokio::io::AsyncBufReadExt;
     use tokio::net::TcpListener;
 
+    /// Time enough for any answer in these tests.
+    const WAIT: Duration = Duration::from_secs(10);
+
     /// A server that, on each connection, reads requests and answers each with the next of the
     /// connection's scripted answers (raw bytes), then closes the connection when its script ends.
     /// Sends every request it read (head and body) on `seen`, tagged with the connection's number.
@@ -909,7 +959,7 @@ mod tests {
             b"HTTP/1.1 201 Created\r\ncontent-length: 3, 3\r\n\r\nabc",
         ]])
         .await;
-        let response = send(&endpoint, get("/one?x=1")).await.expect("answer");
+        let response = send(&endpoint, get("/one?x=1"), WAIT).await.expect("answer");
         assert_eq!(response.status(), StatusCode::OK);
         let values: Vec<_> = response.headers().get_all("x-a").iter().map(|v| v.to_str().unwrap_or("")).collect();
         assert_eq!(values, ["1", "2"]);
@@ -922,7 +972,7 @@ mod tests {
         *post.uri_mut() = "/two".parse().expect("uri");
         post.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
         post.headers_mut().insert(header::HOST, HeaderValue::from_static("spoofed"));
-        let response = send(&endpoint, post).await.expect("answer");
+        let response = send(&endpoint, post, WAIT).await.expect("answer");
         assert_eq!(response.status(), StatusCode::CREATED);
         assert_eq!(body_of(response).await.expect("body"), "abc");
 
@@ -950,7 +1000,7 @@ mod tests {
         extra.push(&header::HOST, &HeaderValue::from_static("spoofed.example"));
         extra.push(&header::CONTENT_LENGTH, &HeaderValue::from_static("999"));
         let (parts, body) = req.into_parts();
-        let response = send_parts(&endpoint, &parts, &extra, body).await.expect("answer");
+        let response = send_parts(&endpoint, &parts, &extra, body, WAIT).await.expect("answer");
         assert_eq!(response.response.status(), StatusCode::NO_CONTENT);
         let (_, head) = seen.recv().await.expect("request");
         let lines: Vec<&str> = head.trim_end().split("\r\n").collect();
@@ -976,7 +1026,7 @@ mod tests {
             String::from_utf8(out).expect("text")
         };
         let (parts, body) = get("/").into_parts();
-        let answer = send_parts(&endpoint, &parts, &Fields::default(), body).await.expect("answer");
+        let answer = send_parts(&endpoint, &parts, &Fields::default(), body, WAIT).await.expect("answer");
         assert!(answer.response.headers().is_empty(), "no map is built");
         assert_eq!(
             text(&answer),
@@ -985,20 +1035,41 @@ mod tests {
         );
         assert_eq!(answer.response.body().size_hint().exact(), Some(2));
         // No body to measure: a 304's length is the representation's and stays.
-        let answer = send_parts(&endpoint, &parts, &Fields::default(), Either::Right(Full::default())).await;
+        let answer = send_parts(&endpoint, &parts, &Fields::default(), Either::Right(Full::default()), WAIT).await;
         let answer = answer.expect("answer");
         assert_eq!(answer.response.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(text(&answer), "etag: \"v1\"\r\ncontent-length: 7\r\n");
         // A 204 has none; `TE: trailers` is end to end.
-        let answer = send_parts(&endpoint, &parts, &Fields::default(), Either::Right(Full::default())).await;
+        let answer = send_parts(&endpoint, &parts, &Fields::default(), Either::Right(Full::default()), WAIT).await;
         assert_eq!(text(&answer.expect("answer")), "te: trailers\r\n");
         // A HEAD's length is the GET's.
         let mut head = get("/").into_parts().0;
         head.method = Method::HEAD;
-        let answer = send_parts(&endpoint, &head, &Fields::default(), Either::Right(Full::default())).await;
+        let answer = send_parts(&endpoint, &head, &Fields::default(), Either::Right(Full::default()), WAIT).await;
         let answer = answer.expect("answer");
         assert_eq!(text(&answer), "content-length: 7\r\n");
         assert_eq!(answer.response.body().size_hint().exact(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_try_past_its_timeout_is_a_timeout_and_its_connection_is_not_kept() {
+        let once: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na";
+        let silent: &'static [u8] = b"";
+        // (After the silent answer the server waits for another request: the connection stays open.)
+        let (endpoint, mut seen) = scripted(vec![vec![once, silent, once], vec![once]]).await;
+        assert_eq!(body_of(send(&endpoint, get("/1"), WAIT).await.expect("answer")).await.expect("body"), "a");
+        assert_eq!(endpoint.pool.idle(), 1);
+        // The same connection, its timer moved to an earlier deadline; no answer comes.
+        let result = send(&endpoint, get("/2"), Duration::from_millis(50)).await;
+        assert!(matches!(result, Err(SendError::Timeout)), "{result:?}");
+        assert_eq!(endpoint.pool.idle(), 0, "an answer may still come on it: not kept");
+        // A later request goes on a new connection, its timer made with it.
+        assert_eq!(body_of(send(&endpoint, get("/3"), WAIT).await.expect("answer")).await.expect("body"), "a");
+        let conns: Vec<usize> = [seen.recv().await, seen.recv().await, seen.recv().await]
+            .into_iter()
+            .map(|s| s.expect("request").0)
+            .collect();
+        assert_eq!(conns, [0, 0, 1]);
     }
 
     #[tokio::test]
@@ -1012,19 +1083,19 @@ mod tests {
             vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nd"],
         ])
         .await;
-        let response = send(&endpoint, get("/")).await.expect("answer");
+        let response = send(&endpoint, get("/"), WAIT).await.expect("answer");
         assert!(response.headers().get(header::CONNECTION).is_none(), "keep-alive alone is this hop's");
         assert_eq!(body_of(response).await.expect("body"), "a");
         assert_eq!(endpoint.pool.idle(), 1, "kept alive");
-        let response = send(&endpoint, get("/")).await.expect("answer");
+        let response = send(&endpoint, get("/"), WAIT).await.expect("answer");
         assert!(response.headers().get(header::CONNECTION).is_none(), "hop-by-hop");
         assert!(response.headers().get("x-session").is_none(), "named by Connection: hop-by-hop too");
         assert_eq!(body_of(response).await.expect("body"), "b");
         assert_eq!(endpoint.pool.idle(), 0, "close among other tokens: not reused");
-        let response = send(&endpoint, get("/")).await.expect("answer");
+        let response = send(&endpoint, get("/"), WAIT).await.expect("answer");
         assert_eq!(body_of(response).await.expect("body"), "c");
         assert_eq!(endpoint.pool.idle(), 0, "close alone: not reused");
-        let response = send(&endpoint, get("/")).await.expect("answer");
+        let response = send(&endpoint, get("/"), WAIT).await.expect("answer");
         assert_eq!(body_of(response).await.expect("body"), "d");
         assert_eq!(endpoint.pool.idle(), 1);
     }
@@ -1045,22 +1116,22 @@ mod tests {
             vec![b"HTTP/1.1 204 No Content\r\n\r\n"],
         ])
         .await;
-        let response = send(&endpoint, get("/chunked")).await.expect("answer");
+        let response = send(&endpoint, get("/chunked"), WAIT).await.expect("answer");
         assert_eq!(response.body().size_hint().exact(), None);
         assert_eq!(body_of(response).await.expect("body"), "hello world");
         assert_eq!(endpoint.pool.idle(), 1, "back in the pool at the body's end");
 
-        let response = send(&endpoint, get("/big")).await.expect("answer");
+        let response = send(&endpoint, get("/big"), WAIT).await.expect("answer");
         assert_eq!(endpoint.pool.idle(), 0, "a large answer streams");
         let body = body_of(response).await.expect("body");
         assert!(body.len() == 100_000 && body.iter().all(|&b| b == b'x'));
         assert_eq!(endpoint.pool.idle(), 1);
 
-        let response = send(&endpoint, get("/close")).await.expect("answer");
+        let response = send(&endpoint, get("/close"), WAIT).await.expect("answer");
         assert_eq!(body_of(response).await.expect("body"), "until the end");
         assert_eq!(endpoint.pool.idle(), 0, "read until close: not reusable");
 
-        let response = send(&endpoint, get("/empty")).await.expect("answer");
+        let response = send(&endpoint, get("/empty"), WAIT).await.expect("answer");
         assert_eq!(response.status(), StatusCode::NO_CONTENT);
         assert!(response.body().is_end_stream());
     }
@@ -1073,10 +1144,10 @@ mod tests {
             vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"],
         ])
         .await;
-        assert_eq!(body_of(send(&endpoint, get("/1")).await.expect("answer")).await.expect("body"), "a");
+        assert_eq!(body_of(send(&endpoint, get("/1"), WAIT).await.expect("answer")).await.expect("body"), "a");
         assert_eq!(seen.recv().await.expect("request").0, 0);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(body_of(send(&endpoint, get("/2")).await.expect("answer")).await.expect("body"), "b");
+        assert_eq!(body_of(send(&endpoint, get("/2"), WAIT).await.expect("answer")).await.expect("body"), "b");
         assert_eq!(seen.recv().await.expect("request").0, 1);
     }
 
@@ -1088,10 +1159,10 @@ mod tests {
         let hang_up: &'static [u8] = b"";
         for (method, resent) in [(Method::GET, true), (Method::POST, false)] {
             let (endpoint, _seen) = scripted(vec![vec![once, hang_up], vec![once]]).await;
-            assert_eq!(body_of(send(&endpoint, get("/1")).await.expect("answer")).await.expect("body"), "a");
+            assert_eq!(body_of(send(&endpoint, get("/1"), WAIT).await.expect("answer")).await.expect("body"), "a");
             let mut req = get("/2");
             *req.method_mut() = method.clone();
-            let answer = send(&endpoint, req).await;
+            let answer = send(&endpoint, req, WAIT).await;
             if resent {
                 assert_eq!(body_of(answer.expect("resent")).await.expect("body"), "a", "{method}");
             } else {
@@ -1128,7 +1199,7 @@ mod tests {
             b"NOT HTTP\r\n\r\n",
         ] {
             let (endpoint, _seen) = scripted(vec![vec![answer]]).await;
-            let result = send(&endpoint, get("/")).await;
+            let result = send(&endpoint, get("/"), WAIT).await;
             assert!(matches!(result, Err(SendError::Invalid(_))), "{:?}: {result:?}", String::from_utf8_lossy(answer));
         }
         // A chunked body that breaks off, or is malformed, fails the body, not the head.
@@ -1139,7 +1210,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nshort",
         ] {
             let (endpoint, _seen) = scripted(vec![vec![answer]]).await;
-            let response = send(&endpoint, get("/")).await.expect("head");
+            let response = send(&endpoint, get("/"), WAIT).await.expect("head");
             assert!(body_of(response).await.is_err(), "{:?}", String::from_utf8_lossy(answer));
             assert_eq!(endpoint.pool.idle(), 0);
         }

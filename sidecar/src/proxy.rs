@@ -58,6 +58,8 @@ enum SendFailure {
     Legacy(hyper_util::client::legacy::Error),
     #[error("the endpoint's address is not a valid URI authority")]
     Authority,
+    #[error("the upstream did not answer in time")]
+    Timeout,
 }
 
 /// Headers that belong to one connection, not to the request (RFC 9110 7.6.1).
@@ -280,51 +282,42 @@ impl Proxy {
                 return (response.into(), Outcome::Failure(FailureKind::ConnectError));
             };
             endpoint.start();
-            let result = tokio::time::timeout(per_try, async {
-                let body = match body.take() {
-                    Some(b) if !replayable => b,
-                    _ => Either::Right(Full::new(Bytes::new())),
-                };
-                if http2 {
-                    // HTTP/2 needs the full URI, and the client takes the request whole.
-                    let mut uri_parts = http::uri::Parts::default();
-                    uri_parts.scheme = endpoint.uri_scheme.clone();
-                    uri_parts.authority = endpoint.uri_authority.clone();
-                    uri_parts.path_and_query = Some(path_and_query.clone());
-                    let uri = Uri::from_parts(uri_parts).map_err(|_| SendFailure::Authority)?;
-                    let mut request = Request::new(body);
-                    *request.method_mut() = parts.method.clone();
-                    *request.uri_mut() = uri;
-                    *request.version_mut() = Version::HTTP_2;
-                    // A request sent once takes the headers; one that may be retried keeps a copy.
-                    *request.headers_mut() =
-                        if replayable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
-                    let mut response = Box::pin(self.http2.request(request)).await.map_err(SendFailure::Legacy)?;
-                    strip_hop_by_hop(response.headers_mut());
-                    Ok::<_, SendFailure>(Answer::from(response.map(|b| Either::Left(Either::Right(b)))))
-                } else {
-                    // HTTP/1.1 goes out in origin form on a pooled connection; the head is only
-                    // read, so a retry sends it again without a copy. The answer's fields come
-                    // as text, hop-by-hop ones left out.
-                    let answer =
-                        client::send_parts(&endpoint, &parts, &extra, body).await.map_err(SendFailure::Http1)?;
-                    Ok(answer.map(|b| Either::Left(Either::Left(b))))
+            let body = match body.take() {
+                Some(b) if !replayable => b,
+                _ => Either::Right(Full::new(Bytes::new())),
+            };
+            let result = if http2 {
+                // A request sent once takes the headers; one that may be retried keeps a copy.
+                let headers = if replayable { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
+                let sent = self.send_http2(&endpoint, &parts.method, &path_and_query, headers, body);
+                // Boxed: what few requests do stays out of the state every request's future carries.
+                match Box::pin(tokio::time::timeout(per_try, sent)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(SendFailure::Timeout),
                 }
-            })
-            .await;
+            } else {
+                // HTTP/1.1 goes out in origin form on a pooled connection; the head is only read, so
+                // a retry sends it again without a copy. The answer's fields come as text, hop-by-hop
+                // ones left out; the client keeps the per-try timer with the connection.
+                match client::send_parts(&endpoint, &parts, &extra, body, per_try).await {
+                    Ok(answer) => Ok(answer.map(|b| Either::Left(Either::Left(b)))),
+                    Err(client::SendError::Timeout) => Err(SendFailure::Timeout),
+                    Err(err) => Err(SendFailure::Http1(err)),
+                }
+            };
             let ended = clock::now_ns();
             let done = clock::ms(ended);
             endpoint.finish(Duration::from_nanos(ended.saturating_sub(started)), done);
             let (answer, failure) = match &result {
-                Ok(Ok(answer)) if answer.response.status().is_server_error() => {
+                Ok(answer) if answer.response.status().is_server_error() => {
                     (outlier::Answer::Status(answer.response.status().as_u16()), Some(FailureKind::ServerError))
                 }
-                Ok(Ok(answer)) if answer.response.status().is_client_error() => {
+                Ok(answer) if answer.response.status().is_client_error() => {
                     (outlier::Answer::Ok, Some(FailureKind::ClientError))
                 }
-                Ok(Ok(_)) => (outlier::Answer::Ok, None),
-                Ok(Err(_)) => (outlier::Answer::NoAnswer, Some(FailureKind::ConnectError)),
-                Err(_) => (outlier::Answer::NoAnswer, Some(FailureKind::Timeout)),
+                Ok(_) => (outlier::Answer::Ok, None),
+                Err(SendFailure::Timeout) => (outlier::Answer::NoAnswer, Some(FailureKind::Timeout)),
+                Err(_) => (outlier::Answer::NoAnswer, Some(FailureKind::ConnectError)),
             };
             if upstream.outlier.observe(&upstream.balancer, &endpoint, answer, done) {
                 upstream.stats.ejections.fetch_add(1, Ordering::Relaxed);
@@ -338,13 +331,24 @@ impl Proxy {
             }
             let outcome = failure.map_or(Outcome::Success, Outcome::Failure);
             let answer = match result {
-                Ok(Ok(mut answer)) => {
+                Ok(mut answer) => {
                     upstream.stats.count_status(answer.response.status().as_u16());
                     // After the upstream's fields (with room for a gateway's after it).
                     answer.fields.extend(&endpoint.answer_fields);
                     answer
                 }
-                Ok(Err(err)) => {
+                Err(SendFailure::Timeout) => {
+                    upstream.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                    let mut response = json_error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream did not answer in time",
+                        &upstream.service,
+                        Some(&endpoint.spec.id),
+                    );
+                    response.extensions_mut().insert(Verdict::Timeout);
+                    response.into()
+                }
+                Err(err) => {
                     upstream.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
                     debug!(endpoint = %endpoint.spec.id, error = %err, "upstream request failed");
                     let message = match err {
@@ -356,20 +360,33 @@ impl Proxy {
                     response.extensions_mut().insert(Verdict::UpstreamError);
                     response.into()
                 }
-                Err(_) => {
-                    upstream.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                    let mut response = json_error(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream did not answer in time",
-                        &upstream.service,
-                        Some(&endpoint.spec.id),
-                    );
-                    response.extensions_mut().insert(Verdict::Timeout);
-                    response.into()
-                }
             };
             return (answer, outcome);
         }
+    }
+
+    /// One try over HTTP/2 (the full URI, the request whole, as the pooled HTTP/2 client takes it).
+    async fn send_http2(
+        &self,
+        endpoint: &crate::balance::Endpoint,
+        method: &Method,
+        path_and_query: &PathAndQuery,
+        headers: HeaderMap,
+        body: RequestBody,
+    ) -> Result<Answer<ProxyBody>, SendFailure> {
+        let mut uri_parts = http::uri::Parts::default();
+        uri_parts.scheme = endpoint.uri_scheme.clone();
+        uri_parts.authority = endpoint.uri_authority.clone();
+        uri_parts.path_and_query = Some(path_and_query.clone());
+        let uri = Uri::from_parts(uri_parts).map_err(|_| SendFailure::Authority)?;
+        let mut request = Request::new(body);
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_2;
+        *request.headers_mut() = headers;
+        let mut response = self.http2.request(request).await.map_err(SendFailure::Legacy)?;
+        strip_hop_by_hop(response.headers_mut());
+        Ok(Answer::from(response.map(|b| Either::Left(Either::Right(b)))))
     }
 
     /// The breaker refused the call: the policy's fallback, or 503 naming the open circuit.
