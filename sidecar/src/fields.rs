@@ -90,6 +90,15 @@ fn find_in<'a>(text: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     }
 }
 
+/// One field as a head carries it: `name: value\r\n`.
+fn write_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.reserve(name.len() + value.len() + 4);
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 impl Fields {
     /// Room for `bytes` of fields in one allocation.
     pub fn with_capacity(bytes: usize) -> Fields {
@@ -139,11 +148,7 @@ impl Fields {
     }
 
     fn put(&mut self, name: &[u8], value: &[u8]) {
-        self.lines.reserve(name.len() + value.len() + 4);
-        self.lines.extend_from_slice(name);
-        self.lines.extend_from_slice(b": ");
-        self.lines.extend_from_slice(value);
-        self.lines.extend_from_slice(b"\r\n");
+        write_line(&mut self.lines, name, value);
     }
 
     /// A field received with the message, before any is added: `name` a token and `value` a
@@ -167,10 +172,7 @@ impl Fields {
         let mut lengths = 0;
         for (own, value) in lines_of(&self.lines[..self.received]) {
             if !own.eq_ignore_ascii_case(name) {
-                kept.extend_from_slice(own);
-                kept.extend_from_slice(b": ");
-                kept.extend_from_slice(value);
-                kept.extend_from_slice(b"\r\n");
+                write_line(&mut kept, own, value);
                 lengths |= length_bit(own);
             }
         }
@@ -231,10 +233,7 @@ impl Fields {
             return;
         }
         for (name, value) in self.iter() {
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
+            write_line(out, name, value);
         }
     }
 
