@@ -6,7 +6,9 @@
 #   bench/instructions.sh [gateway|sidecar|nginx]   Knobs: NREQ=4000 (requests counted within 40 s, after 500 unmeasured),
 #                                             BASELINE=path/to/an/older/binary (counted the same way),
 #                                             URLPATH=/api/bench (gateway: /api/cached/x for cache hits),
-#                                             LIMIT_REDIS=redis://127.0.0.1:6379 (gateway: the limit in Redis)
+#                                             LIMIT_REDIS=redis://127.0.0.1:6379 (gateway: the limit in Redis),
+#                                             BUILD=1 (0: count the binaries in target/release as they are, e.g.
+#                                             after `cargo build --release -p reskflow-sidecar` alone)
 #
 # The gateway runs the bench route (route match + HS256 JWT + per-user limit, cache miss); the sidecar
 # proxies `GET /` to the kit's backend; `nginx` counts the peer kit's nginx proxy config (one process,
@@ -19,7 +21,7 @@ OUT=${OUT:-$ROOT/bench/results/instructions-$WHAT-$(date +%Y%m%d-%H%M%S)}
 NREQ=${NREQ:-4000}
 mkdir -p "$OUT"
 command -v valgrind >/dev/null || { log "valgrind is needed (apt-get install valgrind)"; exit 1; }
-cargo build --release --locked -q -p reskflow-control-plane -p reskflow-gateway -p reskflow-sidecar --manifest-path "$ROOT/Cargo.toml"
+[[ ${BUILD:-1} == 0 ]] || cargo build --release --locked -q -p reskflow-control-plane -p reskflow-gateway -p reskflow-sidecar --manifest-path "$ROOT/Cargo.toml"
 ensure_http
 
 SECRET=bench-secret-bench-secret-bench-secret-0123

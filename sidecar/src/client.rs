@@ -34,7 +34,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -45,7 +45,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::balance::Endpoint;
 use crate::clock;
-use crate::fields::Fields;
+use crate::fields::{Fields, Hop};
 use crate::server::{Answer, Inbound};
 
 /// What the data plane sends upstream: the caller's body streamed through (within a size limit:
@@ -292,12 +292,13 @@ enum Framing {
     Chunked,
 }
 
-/// Headers the client writes itself from the endpoint and the body's framing.
+/// Headers the client writes itself from the endpoint and the body's framing (a request's
+/// `Connection` is the caller's to send: the proxy strips the hop-by-hop ones before).
 fn this_hops(name: &HeaderName) -> bool {
-    name == header::HOST
-        || name == header::CONTENT_LENGTH
-        || name == header::TRANSFER_ENCODING
-        || name == header::EXPECT
+    matches!(
+        Hop::of(name.as_str().as_bytes()),
+        Some(Hop::Host | Hop::ContentLength | Hop::TransferEncoding | Hop::Expect)
+    )
 }
 
 fn write_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
@@ -509,39 +510,37 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(Head, De
     let mut last_coding = None;
     for h in parsed.headers.iter() {
         let (name, value) = (h.name.as_bytes(), h.value);
-        // Hop-by-hop and framing names are 2, 7, 10, 14, 16 or 17 bytes long: most names are
-        // passed over on their length alone.
-        if HOP_LENGTHS & (1 << name.len().min(63)) != 0 {
-            match Hop::of(name) {
-                Some(Hop::Connection) => {
-                    for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                        if token.eq_ignore_ascii_case(b"close") {
-                            close = true;
-                        } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                            named = true;
-                        }
-                    }
-                    continue;
-                }
-                Some(Hop::TransferEncoding) => {
-                    last_coding = Some(value.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii());
-                    continue;
-                }
-                Some(Hop::ContentLength) => {
-                    lengths += 1;
-                    length = Some(value);
-                    // The length is the body's (written again from it) unless there is no body
-                    // to measure: a HEAD's or a 304's states the representation's (a 204 has none).
-                    if !bodiless || status == StatusCode::NO_CONTENT {
-                        continue;
+        // Most names are passed over on their length alone (`Hop::of`).
+        match Hop::of(name) {
+            Some(Hop::Connection) => {
+                for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                        named = true;
                     }
                 }
-                // `TE: trailers` is what gRPC needs end to end; any other TE is hop-by-hop.
-                Some(Hop::Te) if value != b"trailers" => continue,
-                Some(Hop::Te) => {}
-                Some(Hop::Other) => continue,
-                None => {}
+                continue;
             }
+            Some(Hop::TransferEncoding) => {
+                last_coding = Some(value.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii());
+                continue;
+            }
+            Some(Hop::ContentLength) => {
+                lengths += 1;
+                length = Some(value);
+                // The length is the body's (written again from it) unless there is no body
+                // to measure: a HEAD's or a 304's states the representation's (a 204 has none).
+                if !bodiless || status == StatusCode::NO_CONTENT {
+                    continue;
+                }
+            }
+            // `TE: trailers` is what gRPC needs end to end; any other TE is hop-by-hop.
+            Some(Hop::Te) if value != b"trailers" => continue,
+            Some(Hop::Te) => {}
+            Some(Hop::Other) => continue,
+            // Host and Expect are a request's: in an answer they pass as any other field.
+            Some(Hop::Host | Hop::Expect) | None => {}
         }
         fields.receive(name, value);
     }
@@ -590,35 +589,6 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(Head, De
 /// Room left in an answer's fields for those the proxy and a gateway add (endpoint, route and
 /// rate-limit fields) without growing.
 const ADDED_ROOM: usize = 192;
-
-/// Lengths of the names [`Hop::of`] knows.
-const HOP_LENGTHS: u64 = 1 << 2 | 1 << 7 | 1 << 10 | 1 << 14 | 1 << 16 | 1 << 17;
-
-/// The answer's fields that are not passed on as they are.
-enum Hop {
-    Connection,
-    TransferEncoding,
-    ContentLength,
-    Te,
-    /// Keep-Alive, Proxy-Connection, Upgrade, Trailer: hop-by-hop.
-    Other,
-}
-
-impl Hop {
-    fn of(name: &[u8]) -> Option<Hop> {
-        let is = |hop: &str| name.eq_ignore_ascii_case(hop.as_bytes());
-        Some(match name.len() {
-            10 if is("connection") => Hop::Connection,
-            17 if is("transfer-encoding") => Hop::TransferEncoding,
-            14 if is("content-length") => Hop::ContentLength,
-            2 if is("te") => Hop::Te,
-            10 if is("keep-alive") => Hop::Other,
-            16 if is("proxy-connection") => Hop::Other,
-            7 if is("upgrade") || is("trailer") => Hop::Other,
-            _ => return None,
-        })
-    }
-}
 
 /// A Content-Length of 1-18 digits (no overflow possible): the usual answer, read while the head
 /// is parsed; None for anything else, which [`content_length`] then reads in full.
@@ -863,6 +833,7 @@ impl std::fmt::Debug for PooledBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
     use reskflow_proto::dataplane::EndpointSpec;
     use tokio::io::AsyncBufReadExt;
     use tokio::net::TcpListener;

@@ -48,12 +48,142 @@ fn length_bit(name: &[u8]) -> u64 {
     1 << name.len().min(63)
 }
 
-/// Lengths of the names of the fields this hop writes itself ([`Fields`]).
-const OWN_LENGTHS: u64 = 1 << 4 | 1 << 6 | 1 << 10 | 1 << 14 | 1 << 17;
+/// A field that is not passed on as it came: one that belongs to a single connection (RFC 9110
+/// 7.6.1) or one each hop writes itself (framing, the endpoint's host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// `Connection`: hop-by-hop, and the fields it names are hop-by-hop too.
+    Connection,
+    /// `Keep-Alive`, `Proxy-Connection`, `Upgrade`, `Trailer`: hop-by-hop.
+    Other,
+    /// `Transfer-Encoding`: hop-by-hop; each hop frames the body itself.
+    TransferEncoding,
+    /// `TE`: hop-by-hop, except `TE: trailers`, which gRPC needs end to end.
+    Te,
+    /// `Content-Length`: end to end, but written by each hop from the body it sends.
+    ContentLength,
+    /// `Host`, `Expect`: a request's fields the client writes itself for the endpoint it sends
+    /// to (the body is sent without waiting for 100-continue).
+    Host,
+    Expect,
+}
+
+/// Every name [`Hop::of`] knows, lower case, with what it is: the one list the proxy (header
+/// maps), the client (an answer's text, a request's head) and [`Fields`] read.
+pub const HOPS: [(&str, Hop); 10] = [
+    ("te", Hop::Te),
+    ("host", Hop::Host),
+    ("expect", Hop::Expect),
+    ("upgrade", Hop::Other),
+    ("trailer", Hop::Other),
+    ("connection", Hop::Connection),
+    ("keep-alive", Hop::Other),
+    ("content-length", Hop::ContentLength),
+    ("proxy-connection", Hop::Other),
+    ("transfer-encoding", Hop::TransferEncoding),
+];
+
+/// Whether `name` is `lower` (lower-case letters and '-', 2 bytes or more) in any case, compared
+/// a word at a time: the 0x20 bit of `name`'s byte is set where `lower` has a letter, other bytes
+/// compare as they are, so the answer is exact for any bytes. (`eq_ignore_ascii_case` took ~100
+/// instructions a name here, a byte-by-byte loop ~8 a byte.)
+#[inline]
+fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    // Bit 0x40 is set in a lower-case letter's byte, not in '-' nor in the zeros of a short word.
+    let same = |a: u64, t: u64| a | (t & 0x4040_4040_4040_4040) >> 1 == t;
+    // Two words that together cover a name of 2..=16 bytes (the first and the last, overlapping).
+    fn ends(s: &[u8]) -> Option<(u64, u64)> {
+        Some(match s.len() {
+            8.. => (u64::from_le_bytes(*s.first_chunk()?), u64::from_le_bytes(*s.last_chunk()?)),
+            4.. => (u32::from_le_bytes(*s.first_chunk()?).into(), u32::from_le_bytes(*s.last_chunk()?).into()),
+            _ => (u16::from_le_bytes(*s.first_chunk()?).into(), u16::from_le_bytes(*s.last_chunk()?).into()),
+        })
+    }
+    if name.len() != lower.len() {
+        return false;
+    }
+    let (Some((a0, a1)), Some((t0, t1))) = (ends(name), ends(lower)) else {
+        return false;
+    };
+    // Past 16 bytes the two words leave bytes between them: compare those a byte at a time.
+    let middle = || {
+        name.len() <= 16
+            || name[8..name.len() - 8].iter().zip(&lower[8..lower.len() - 8]).all(|(a, t)| a.to_ascii_lowercase() == *t)
+    };
+    same(a0, t0) && same(a1, t1) && middle()
+}
+
+impl Hop {
+    /// The index in [`HOPS`] of `name` (any case), or None for an end-to-end field. Most names
+    /// are passed over on their length alone, without a call.
+    #[inline]
+    pub fn index(name: &[u8]) -> Option<usize> {
+        /// Bit `n` set when a name of the table has `n` bytes.
+        const LENGTHS: u64 = {
+            let (mut bits, mut i) = (0, 0);
+            while i < HOPS.len() {
+                bits |= 1 << HOPS[i].0.len();
+                i += 1;
+            }
+            bits
+        };
+        if LENGTHS & length_bit(name) == 0 {
+            return None;
+        }
+        Self::index_of_known_length(name)
+    }
+
+    /// [`Hop::index`] for a name of a length in the table: found by its length and first byte,
+    /// then compared (a test checks that every name of the table is found here).
+    fn index_of_known_length(name: &[u8]) -> Option<usize> {
+        let i = match name.len() {
+            2 => 0,
+            4 => 1,
+            6 => 2,
+            7 if name[0] | 0x20 == b'u' => 3,
+            7 => 4,
+            10 if name[0] | 0x20 == b'c' => 5,
+            10 => 6,
+            14 => 7,
+            16 => 8,
+            17 => 9,
+            _ => return None,
+        };
+        is_name(name, HOPS[i].0.as_bytes()).then_some(i)
+    }
+
+    /// Bit `i` set for each `HOPS[i]` of this kind, for a set of names seen kept as bits.
+    pub const fn bits(self) -> u16 {
+        let (mut bits, mut i) = (0, 0);
+        while i < HOPS.len() {
+            if HOPS[i].1 as u8 == self as u8 {
+                bits |= 1 << i;
+            }
+            i += 1;
+        }
+        bits
+    }
+
+    /// What `name` (any case) is; None for an end-to-end field.
+    #[inline]
+    pub fn of(name: &[u8]) -> Option<Hop> {
+        Self::index(name).map(|i| HOPS[i].1)
+    }
+
+    /// Whether the field belongs to one connection (the `TE` field unless it is `trailers`).
+    pub fn is_hop_by_hop(self) -> bool {
+        matches!(self, Hop::Connection | Hop::Other | Hop::TransferEncoding | Hop::Te)
+    }
+
+    /// Whether each hop writes the field itself from the message and its peer: framing and
+    /// `Connection` (read from the message), `Host` and `Expect` (the client's own).
+    pub fn is_written_here(self) -> bool {
+        matches!(self, Hop::Connection | Hop::TransferEncoding | Hop::ContentLength | Hop::Host | Hop::Expect)
+    }
+}
 
 fn this_hops(name: &[u8]) -> bool {
-    length_bit(name) & OWN_LENGTHS != 0
-        && matches!(name, b"host" | b"expect" | b"connection" | b"content-length" | b"transfer-encoding")
+    Hop::of(name).is_some_and(Hop::is_written_here)
 }
 
 /// Whether `value` may be a field's value as it is (what `HeaderValue::from_bytes` accepts).
@@ -407,6 +537,58 @@ mod tests {
         }
         assert!(fields.push_bytes(&ROUTE, b"tab\tand obs-text \xe9"));
         assert_eq!(fields.get("x-route"), Some(&b"tab\tand obs-text \xe9"[..]));
+    }
+
+    #[test]
+    fn names_compare_in_any_case_and_exactly_otherwise() {
+        for lower in
+            ["te", "abc", "host", "upgrade", "x-reskflow", "content-length", "transfer-encoding", "a-b-c-d-e-f-g-h-i-j"]
+        {
+            assert!(is_name(lower.as_bytes(), lower.as_bytes()));
+            assert!(is_name(lower.to_ascii_uppercase().as_bytes(), lower.as_bytes()), "{lower}");
+            // Every byte of it changed in every other way is another name.
+            for at in 0..lower.len() {
+                for b in 0..=255u8 {
+                    let mut other = lower.as_bytes().to_vec();
+                    if b.to_ascii_lowercase() == other[at] {
+                        continue;
+                    }
+                    other[at] = b;
+                    assert!(!is_name(&other, lower.as_bytes()), "{lower} at {at}: {b:#x}");
+                }
+            }
+            assert!(!is_name(&lower.as_bytes()[1..], lower.as_bytes()));
+        }
+        assert!(!is_name(b"", b"te"));
+    }
+
+    #[test]
+    fn every_name_of_the_hop_table_is_found_in_any_case_and_no_other() {
+        for (i, (name, hop)) in HOPS.iter().enumerate() {
+            assert_eq!(Hop::index(name.as_bytes()), Some(i), "{name}");
+            assert_eq!(Hop::of(name.to_ascii_uppercase().as_bytes()), Some(*hop), "{name}");
+            // Every name is one a header map knows.
+            assert_eq!(HeaderName::from_static(name).as_str(), *name);
+        }
+        // Names of the table's lengths and first bytes that are not in it.
+        for other in ["tf", "hose", "accept", "upgradx", "tracing", "connectioN-", "cookie-jar", "content-lengtx"] {
+            assert_eq!(Hop::of(other.as_bytes()), None, "{other}");
+        }
+        for other in ["user-agent", "keep-alivf", "proxy-connectioo", "transfer-encodin", "", "x"] {
+            assert_eq!(Hop::of(other.as_bytes()), None, "{other}");
+        }
+        let kinds =
+            |pick: fn(Hop) -> bool| HOPS.iter().filter(|(_, hop)| pick(*hop)).map(|(n, _)| *n).collect::<Vec<_>>();
+        assert_eq!(
+            kinds(Hop::is_hop_by_hop),
+            ["te", "upgrade", "trailer", "connection", "keep-alive", "proxy-connection", "transfer-encoding"]
+        );
+        assert_eq!(
+            kinds(Hop::is_written_here),
+            ["host", "expect", "connection", "content-length", "transfer-encoding"]
+        );
+        assert_eq!(Hop::Other.bits(), 1 << 3 | 1 << 4 | 1 << 6 | 1 << 8);
+        assert_eq!(Hop::Connection.bits(), 1 << 5);
     }
 
     #[test]

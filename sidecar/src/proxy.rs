@@ -28,7 +28,7 @@ use crate::balance::PickContext;
 use crate::breaker::{Outcome, Rejected};
 use crate::client::{self, PooledBody, RequestBody};
 use crate::clock;
-use crate::fields::Fields;
+use crate::fields::{Fields, Hop, HOPS};
 use crate::health::outlier;
 use crate::server::{serve_http, Answer, Handler, Inbound, ServeLimits};
 use crate::upstreams::{Upstream, Upstreams};
@@ -62,16 +62,6 @@ enum SendFailure {
     Timeout,
 }
 
-/// Headers that belong to one connection, not to the request (RFC 9110 7.6.1).
-const HOPS: usize = 6;
-const HOP_BY_HOP: [HeaderName; HOPS] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::TRAILER,
-];
 const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-reskflow-fallback");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
@@ -496,36 +486,33 @@ fn is_safe(method: &Method, headers: &HeaderMap) -> bool {
 /// pass over the names).
 fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // One pass over the names finds which are there (most messages carry none, or only
-    // `Connection: keep-alive`), so only those are looked up.
-    let mut present = [false; HOPS];
-    let mut te = false;
+    // `Connection: keep-alive`), so only those are looked up. Bit i: `HOPS[i]` is there.
+    let mut present = 0u16;
     let mut traced = false;
     for name in headers.keys() {
-        // Hop-by-hop names are 2, 7, 10, 16 or 17 bytes long (traceparent 11): most names are
-        // passed over on their length alone.
-        match name.as_str().len() {
-            2 | 7 | 10 | 16 | 17 => {}
-            11 => {
-                traced |= *name == TRACEPARENT;
-                continue;
-            }
-            _ => continue,
-        }
-        match HOP_BY_HOP.iter().position(|h| h == name) {
-            Some(i) => present[i] = true,
-            None => te |= name == header::TE,
+        let name = name.as_str().as_bytes();
+        match Hop::index(name) {
+            Some(i) => present |= 1 << i,
+            None => traced |= name == TRACEPARENT.as_str().as_bytes(),
         }
     }
-    // Headers named by Connection are hop-by-hop too (HOP_BY_HOP[0] is Connection).
-    if present[0] {
+    // The hop-by-hop names, removed with those Connection names (TE unless it is "trailers").
+    const REMOVED: u16 = Hop::Connection.bits() | Hop::Other.bits() | Hop::TransferEncoding.bits();
+    if present & (REMOVED | Hop::Te.bits()) == 0 {
+        return traced;
+    }
+    let connection = present & Hop::Connection.bits() != 0;
+    // Headers named by Connection are hop-by-hop too.
+    if connection {
         let mut values = headers.get_all(header::CONNECTION).iter();
         let first = values.next().cloned();
         let more: Vec<HeaderValue> = values.cloned().collect();
         for token in first.iter().chain(&more).flat_map(|v| v.as_bytes().split(|b| *b == b',')) {
             let token = token.trim_ascii();
+            // Those removed below anyway, and `close`, which names no field.
             let listed = token.is_empty()
                 || token.eq_ignore_ascii_case(b"close")
-                || HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()));
+                || matches!(Hop::of(token), Some(Hop::Connection | Hop::Other | Hop::TransferEncoding));
             if !listed {
                 if let Ok(name) = std::str::from_utf8(token) {
                     // A token that is not a header name names nothing to remove.
@@ -534,15 +521,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
             }
         }
     }
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
-        headers.remove(name);
+    for (i, (name, _)) in HOPS.iter().enumerate() {
+        if present & REMOVED & 1 << i != 0 {
+            headers.remove(*name);
+        }
     }
     // `TE: trailers` is what gRPC needs end to end; any other TE is hop-by-hop.
-    if te && headers.get(header::TE).is_some_and(|v| v != "trailers") {
+    if present & Hop::Te.bits() != 0 && headers.get(header::TE).is_some_and(|v| v != "trailers") {
         headers.remove(header::TE);
     }
     // (Connection may have named it.)
-    traced && (!present[0] || headers.contains_key(&TRACEPARENT))
+    traced && (!connection || headers.contains_key(&TRACEPARENT))
 }
 
 /// Two hex digits per byte value, for trace ids.
