@@ -11,7 +11,8 @@
 #   bench/gateway.sh        Knobs: ROUNDS=3 DURATION=10s (passed to proxy-compare.sh), SKIP_C1=0,
 #                           ONLY_MISS=0 (1: the cache-miss runs only, no cache/Redis/cold-start runs),
 #                           ONLY_REDIS=0 (1: the Redis runs only),
-#                           BASELINE=path/to/an/older/gateway (measured in the same runs as "baseline")
+#                           BASELINE=path/to/an/older/gateway (measured in the same runs as "baseline"),
+#                           BUILD=1 (0: run the binaries in target/release as they are)
 #
 # Every target gets the same `Authorization: Bearer <token>` header (nginx and HAProxy ignore it): the
 # kit's proxy-compare.sh and lib.sh are copied and its wrk script gets the header, nothing else
@@ -23,7 +24,7 @@ REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 mkdir -p "$OUT"
 
 # The same packages as sidecar.sh builds: one feature set, so neither script rebuilds the other's binaries.
-cargo build --release --locked -q -p reskflow-control-plane -p reskflow-gateway -p reskflow-sidecar --manifest-path "$ROOT/Cargo.toml"
+[[ ${BUILD:-1} == 0 ]] || cargo build --release --locked -q -p reskflow-control-plane -p reskflow-gateway -p reskflow-sidecar --manifest-path "$ROOT/Cargo.toml"
 
 ensure_http
 

@@ -485,6 +485,8 @@ fn is_safe(method: &Method, headers: &HeaderMap) -> bool {
 /// Removes the hop-by-hop fields; whether the message carries a `traceparent` (noted on the same
 /// pass over the names).
 fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    // The hop-by-hop names, removed with those Connection names (and TE unless it is "trailers").
+    const REMOVED: u16 = Hop::Connection.bits() | Hop::Other.bits() | Hop::TransferEncoding.bits();
     // One pass over the names finds which are there (most messages carry none, or only
     // `Connection: keep-alive`), so only those are looked up. Bit i: `HOPS[i]` is there.
     let mut present = 0u16;
@@ -496,8 +498,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
             None => traced |= name == TRACEPARENT.as_str().as_bytes(),
         }
     }
-    // The hop-by-hop names, removed with those Connection names (TE unless it is "trailers").
-    const REMOVED: u16 = Hop::Connection.bits() | Hop::Other.bits() | Hop::TransferEncoding.bits();
     if present & (REMOVED | Hop::Te.bits()) == 0 {
         return traced;
     }
@@ -512,7 +512,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
             // Those removed below anyway, and `close`, which names no field.
             let listed = token.is_empty()
                 || token.eq_ignore_ascii_case(b"close")
-                || matches!(Hop::of(token), Some(Hop::Connection | Hop::Other | Hop::TransferEncoding));
+                || Hop::index(token).is_some_and(|i| REMOVED & 1 << i != 0);
             if !listed {
                 if let Ok(name) = std::str::from_utf8(token) {
                     // A token that is not a header name names nothing to remove.
