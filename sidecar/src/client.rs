@@ -302,10 +302,7 @@ fn this_hops(name: &HeaderName) -> bool {
 }
 
 fn write_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    out.extend_from_slice(name.as_str().as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    crate::fields::write_line(out, name.as_str().as_bytes(), value.as_bytes());
 }
 
 fn write_head(out: &mut Vec<u8>, endpoint: &Endpoint, parts: &Parts, extra: &Fields, framing: Framing) {

@@ -220,8 +220,9 @@ fn find_in<'a>(text: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     }
 }
 
-/// One field as a head carries it: `name: value\r\n`.
-fn write_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// One field as a head carries it: `name: value\r\n` (also the server's and the client's
+/// writer of a head's fields).
+pub(crate) fn write_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.reserve(name.len() + value.len() + 4);
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");

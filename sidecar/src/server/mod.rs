@@ -690,11 +690,7 @@ fn put_status(wbuf: &mut Vec<u8>, status: StatusCode) {
 }
 
 fn put_header(wbuf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    wbuf.reserve(name.len() + value.len() + 4);
-    wbuf.extend_from_slice(name);
-    wbuf.extend_from_slice(b": ");
-    wbuf.extend_from_slice(value);
-    wbuf.extend_from_slice(b"\r\n");
+    crate::fields::write_line(wbuf, name, value);
 }
 
 fn put_length(wbuf: &mut Vec<u8>, n: u64) {
