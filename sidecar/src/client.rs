@@ -292,13 +292,9 @@ enum Framing {
     Chunked,
 }
 
-/// Headers the client writes itself from the endpoint and the body's framing (a request's
-/// `Connection` is the caller's to send: the proxy strips the hop-by-hop ones before).
+/// Headers the client writes itself from the endpoint and the body's framing.
 fn this_hops(name: &HeaderName) -> bool {
-    matches!(
-        Hop::of(name.as_str().as_bytes()),
-        Some(Hop::Host | Hop::ContentLength | Hop::TransferEncoding | Hop::Expect)
-    )
+    Hop::is_in(name.as_str().as_bytes(), Hop::CLIENT_WRITES)
 }
 
 fn write_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {

@@ -170,20 +170,26 @@ impl Hop {
         Self::index(name).map(|i| HOPS[i].1)
     }
 
-    /// Whether the field belongs to one connection (the `TE` field unless it is `trailers`).
-    pub fn is_hop_by_hop(self) -> bool {
-        matches!(self, Hop::Connection | Hop::Other | Hop::TransferEncoding | Hop::Te)
+    /// Whether `name` (any case) is one of `set`'s (bits of [`HOPS`] entries, as [`Hop::bits`]).
+    #[inline]
+    pub fn is_in(name: &[u8], set: u16) -> bool {
+        Self::index(name).is_some_and(|i| set & 1 << i != 0)
     }
 
-    /// Whether each hop writes the field itself from the message and its peer: framing and
-    /// `Connection` (read from the message), `Host` and `Expect` (the client's own).
-    pub fn is_written_here(self) -> bool {
-        matches!(self, Hop::Connection | Hop::TransferEncoding | Hop::ContentLength | Hop::Host | Hop::Expect)
-    }
-}
+    /// The fields that belong to one connection and a proxy removes wherever they come (RFC 9110
+    /// 7.6.1), with those `Connection` names. Not `TE`: it is hop-by-hop unless it is `trailers`,
+    /// which gRPC needs end to end, so its value decides.
+    pub const HOP_BY_HOP: u16 = Hop::Connection.bits() | Hop::Other.bits() | Hop::TransferEncoding.bits();
 
-fn this_hops(name: &[u8]) -> bool {
-    Hop::of(name).is_some_and(Hop::is_written_here)
+    /// The fields a client writes into a request's head itself for the endpoint and the body it
+    /// sends: framing, `Host`, `Expect` (the body is sent without waiting for 100-continue). A
+    /// request's `Connection` is the caller's to send (the proxy strips the hop-by-hop ones before).
+    pub const CLIENT_WRITES: u16 =
+        Hop::ContentLength.bits() | Hop::TransferEncoding.bits() | Hop::Host.bits() | Hop::Expect.bits();
+
+    /// The fields each hop writes itself from the message and its peer, which [`Fields`] never
+    /// holds: the client's, and `Connection` (read from the message).
+    pub const WRITTEN_HERE: u16 = Hop::CLIENT_WRITES | Hop::Connection.bits();
 }
 
 /// Whether `value` may be a field's value as it is (what `HeaderValue::from_bytes` accepts).
@@ -267,7 +273,7 @@ impl Fields {
     /// A field whose value is known to be valid (a `HeaderValue`'s bytes, digits, hex, an address).
     pub(crate) fn push_valid(&mut self, name: &HeaderName, value: &[u8]) {
         let name = name.as_str().as_bytes();
-        if this_hops(name) {
+        if Hop::is_in(name, Hop::WRITTEN_HERE) {
             return;
         }
         if self.lines.capacity() == 0 {
@@ -578,16 +584,21 @@ mod tests {
         for other in ["user-agent", "keep-alivf", "proxy-connectioo", "transfer-encodin", "", "x"] {
             assert_eq!(Hop::of(other.as_bytes()), None, "{other}");
         }
-        let kinds =
-            |pick: fn(Hop) -> bool| HOPS.iter().filter(|(_, hop)| pick(*hop)).map(|(n, _)| *n).collect::<Vec<_>>();
+        // Each set as names, found in any case by `is_in` and by no other name.
+        let names = |set: u16| {
+            let found: Vec<&str> = HOPS.iter().map(|(n, _)| *n).filter(|n| Hop::is_in(n.as_bytes(), set)).collect();
+            for name in &found {
+                assert!(Hop::is_in(name.to_ascii_uppercase().as_bytes(), set), "{name}");
+            }
+            assert!(!Hop::is_in(b"x-other", set) && !Hop::is_in(b"cookie-jar", set));
+            found
+        };
         assert_eq!(
-            kinds(Hop::is_hop_by_hop),
-            ["te", "upgrade", "trailer", "connection", "keep-alive", "proxy-connection", "transfer-encoding"]
+            names(Hop::HOP_BY_HOP),
+            ["upgrade", "trailer", "connection", "keep-alive", "proxy-connection", "transfer-encoding"]
         );
-        assert_eq!(
-            kinds(Hop::is_written_here),
-            ["host", "expect", "connection", "content-length", "transfer-encoding"]
-        );
+        assert_eq!(names(Hop::CLIENT_WRITES), ["host", "expect", "content-length", "transfer-encoding"]);
+        assert_eq!(names(Hop::WRITTEN_HERE), ["host", "expect", "connection", "content-length", "transfer-encoding"]);
         assert_eq!(Hop::Other.bits(), 1 << 3 | 1 << 4 | 1 << 6 | 1 << 8);
         assert_eq!(Hop::Connection.bits(), 1 << 5);
     }

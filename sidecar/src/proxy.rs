@@ -485,8 +485,8 @@ fn is_safe(method: &Method, headers: &HeaderMap) -> bool {
 /// Removes the hop-by-hop fields; whether the message carries a `traceparent` (noted on the same
 /// pass over the names).
 fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
-    // The hop-by-hop names, removed with those Connection names (and TE unless it is "trailers").
-    const REMOVED: u16 = Hop::Connection.bits() | Hop::Other.bits() | Hop::TransferEncoding.bits();
+    // The hop-by-hop names (Hop::HOP_BY_HOP) are removed with those Connection names, and TE
+    // unless it is "trailers".
     // One pass over the names finds which are there (most messages carry none, or only
     // `Connection: keep-alive`), so only those are looked up. Bit i: `HOPS[i]` is there.
     let mut present = 0u16;
@@ -498,7 +498,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
             None => traced |= name == TRACEPARENT.as_str().as_bytes(),
         }
     }
-    if present & (REMOVED | Hop::Te.bits()) == 0 {
+    if present & (Hop::HOP_BY_HOP | Hop::Te.bits()) == 0 {
         return traced;
     }
     let connection = present & Hop::Connection.bits() != 0;
@@ -510,9 +510,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
         for token in first.iter().chain(&more).flat_map(|v| v.as_bytes().split(|b| *b == b',')) {
             let token = token.trim_ascii();
             // Those removed below anyway, and `close`, which names no field.
-            let listed = token.is_empty()
-                || token.eq_ignore_ascii_case(b"close")
-                || Hop::index(token).is_some_and(|i| REMOVED & 1 << i != 0);
+            let listed = token.is_empty() || token.eq_ignore_ascii_case(b"close") || Hop::is_in(token, Hop::HOP_BY_HOP);
             if !listed {
                 if let Ok(name) = std::str::from_utf8(token) {
                     // A token that is not a header name names nothing to remove.
@@ -522,7 +520,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
         }
     }
     for (i, (name, _)) in HOPS.iter().enumerate() {
-        if present & REMOVED & 1 << i != 0 {
+        if present & Hop::HOP_BY_HOP & 1 << i != 0 {
             headers.remove(*name);
         }
     }
