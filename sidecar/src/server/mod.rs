@@ -370,11 +370,13 @@ impl Connection {
                 Inbound::Streamed(Streamed::new(rx, decoder.remaining()))
             }
         };
-        let answer = handler.call(request.map(|()| body), self.peer);
+        let request = request.map(|()| body);
         let (io, rbuf, wbuf) = (&mut self.io, &mut self.rbuf, &mut self.wbuf);
+        // The handler's future is made where it is awaited: held in a variable first, it was
+        // copied whole (a few KiB for the gateway's) once more per request.
         let written = match pump {
             None => {
-                let answer = answer.await.into();
+                let answer = handler.call(request, self.peer).await.into();
                 respond(io, wbuf, answer, ask).await
             }
             Some(tx) => {
@@ -382,7 +384,7 @@ impl Connection {
                 // the answer is written while it is still read (a handler may answer first).
                 let (mut rd, mut wr) = io.split();
                 let mut pumping = Pumping { tx, decoder: &mut decoder, state: &mut state, active: true };
-                let answer = pumping.alongside(answer, &mut rd, rbuf).await.into();
+                let answer = pumping.alongside(handler.call(request, self.peer), &mut rd, rbuf).await.into();
                 pumping.alongside(respond(&mut wr, wbuf, answer, ask), &mut rd, rbuf).await
             }
         };
