@@ -38,14 +38,30 @@ pub struct Fields {
     lines: Vec<u8>,
     /// `lines[..received]` are the received fields, the rest the added ones.
     received: usize,
-    /// Bit `n` is set when a name of `n` bytes is among the received (added) fields (bit 63: 63
-    /// bytes or more), so names are compared only when one has a length in common with them.
-    received_lengths: u64,
-    added_lengths: u64,
+    /// The [`name_bit`]s of the received (added) fields' names: names are compared only when one
+    /// shares its bit with them.
+    received_names: u64,
+    added_names: u64,
 }
 
 fn length_bit(name: &[u8]) -> u64 {
     1 << name.len().min(63)
+}
+
+/// One bit of 64 for a name, the same in any case: from its length and its first and last bytes,
+/// mixed so that the names a request or an answer usually carries and those a proxy and the
+/// gateway add to it all have bits of their own (a test lists them). By length alone, an
+/// upstream's `X-Reskflow-Endpoint` met the gateway's `RateLimit-Remaining`, and every answer with
+/// both took the slow way: each received name looked up among the added ones.
+#[inline]
+fn name_bit(name: &[u8]) -> u64 {
+    let (first, last) = match name {
+        [first, .., last] => (*first, *last),
+        [only] => (*only, *only),
+        [] => (0, 0),
+    };
+    let mixed = (name.len() as u64 * 31) ^ u64::from(first | 0x20) << 7 ^ u64::from(last | 0x20);
+    1 << (mixed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58)
 }
 
 /// A field that is not passed on as it came: one that belongs to a single connection (RFC 9110
@@ -281,7 +297,7 @@ impl Fields {
             self.lines.reserve(192);
         }
         self.put(name, value);
-        self.added_lengths |= length_bit(name);
+        self.added_names |= name_bit(name);
     }
 
     fn put(&mut self, name: &[u8], value: &[u8]) {
@@ -297,27 +313,41 @@ impl Fields {
         self.put(name, value);
         self.lines[start..start + name.len()].make_ascii_lowercase();
         self.received = self.lines.len();
-        self.received_lengths |= length_bit(name);
+        self.received_names |= name_bit(name);
+    }
+
+    /// A header map as received fields (an added field replaces those of its name), less the
+    /// ones each hop writes itself and the hop-by-hop ones: an answer kept to be sent again (the
+    /// gateway's stored responses) goes out with one copy of its text, not a copy of its map.
+    pub fn received_from(headers: &HeaderMap) -> Fields {
+        let mut fields = Fields::default();
+        for (name, value) in headers {
+            let name = name.as_str().as_bytes();
+            if !Hop::is_in(name, Hop::WRITTEN_HERE | Hop::HOP_BY_HOP) {
+                fields.receive(name, value.as_bytes());
+            }
+        }
+        fields
     }
 
     /// Drops the received fields named `name` (any case): those a `Connection` field names.
     pub(crate) fn drop_received(&mut self, name: &[u8]) {
-        if self.received_lengths & length_bit(name) == 0 {
+        if self.received_names & name_bit(name) == 0 {
             return;
         }
         let mut kept = Vec::with_capacity(self.lines.capacity());
-        let mut lengths = 0;
+        let mut names = 0;
         for (own, value) in lines_of(&self.lines[..self.received]) {
             if !own.eq_ignore_ascii_case(name) {
                 write_line(&mut kept, own, value);
-                lengths |= length_bit(own);
+                names |= name_bit(own);
             }
         }
         let received = kept.len();
         kept.extend_from_slice(&self.lines[self.received..]);
         self.lines = kept;
         self.received = received;
-        self.received_lengths = lengths;
+        self.received_names = names;
     }
 
     /// Adds `other`'s fields after these (one copy: fields made once, joining each message). They
@@ -327,18 +357,18 @@ impl Fields {
             self.lines.reserve(192.max(other.lines.len()));
         }
         self.lines.extend_from_slice(&other.lines);
-        self.added_lengths |= other.received_lengths | other.added_lengths;
+        self.added_names |= other.received_names | other.added_names;
     }
 
     /// Whether a received field named `name` gives way to an added one.
     fn replaced(&self, name: &[u8]) -> bool {
-        self.added_lengths & length_bit(name) != 0 && find_in(&self.lines[self.received..], name).is_some()
+        self.added_names & name_bit(name) != 0 && find_in(&self.lines[self.received..], name).is_some()
     }
 
     /// The fields as they are sent, each `(name, value)`: the received ones no added one replaces,
     /// then the added ones.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        let overlap = self.received_lengths & self.added_lengths != 0;
+        let overlap = self.received_names & self.added_names != 0;
         lines_of(&self.lines[..self.received])
             .filter(move |(name, _)| !overlap || !self.replaced(name))
             .chain(lines_of(&self.lines[self.received..]))
@@ -348,24 +378,23 @@ impl Fields {
     #[inline]
     pub fn replaces(&self, name: &HeaderName) -> bool {
         let name = name.as_str().as_bytes();
-        (self.received_lengths | self.added_lengths) & length_bit(name) != 0 && find_in(&self.lines, name).is_some()
+        (self.received_names | self.added_names) & name_bit(name) != 0 && find_in(&self.lines, name).is_some()
     }
 
     /// The value of the first field named `name` (any case) as sent: an added one before a
     /// received one.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         let name = name.as_bytes();
-        let bit = length_bit(name);
-        let added = if self.added_lengths & bit != 0 { find_in(&self.lines[self.received..], name) } else { None };
-        added.or_else(
-            || if self.received_lengths & bit != 0 { find_in(&self.lines[..self.received], name) } else { None },
-        )
+        let bit = name_bit(name);
+        let added = if self.added_names & bit != 0 { find_in(&self.lines[self.received..], name) } else { None };
+        added
+            .or_else(|| if self.received_names & bit != 0 { find_in(&self.lines[..self.received], name) } else { None })
     }
 
     /// Writes the fields into a head (after the map's): received fields an added one replaces
     /// are left out; the usual case, no name in common, is one copy.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        if self.received_lengths & self.added_lengths == 0 {
+        if self.received_names & self.added_names == 0 {
             out.extend_from_slice(&self.lines);
             return;
         }
@@ -567,6 +596,75 @@ mod tests {
             assert!(!is_name(&lower.as_bytes()[1..], lower.as_bytes()));
         }
         assert!(!is_name(b"", b"te"));
+    }
+
+    #[test]
+    fn a_names_bit_is_the_same_in_any_case_and_spreads_names_of_one_length() {
+        for name in ["x-reskflow-endpoint", "ratelimit-remaining", "age", "x", "", "X-Cache"] {
+            assert_eq!(name_bit(name.as_bytes()), name_bit(name.to_ascii_uppercase().as_bytes()), "{name}");
+            assert_eq!(name_bit(name.as_bytes()).count_ones(), 1);
+        }
+        // The fields a request or an answer usually carries, and those added to it on the way:
+        // no name of one list shares a bit with a name of the other, so such a message is
+        // written with one copy of the added fields, no name looked up.
+        let request = [
+            "host",
+            "authorization",
+            "user-agent",
+            "accept",
+            "accept-encoding",
+            "accept-language",
+            "content-type",
+            "content-length",
+            "traceparent",
+            "tracestate",
+            "cookie",
+            "origin",
+            "referer",
+            "if-none-match",
+            "x-request-id",
+            "cache-control",
+        ];
+        let added_to_request = [
+            "x-user-id",
+            "x-user-roles",
+            "x-authenticated-via",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "traceparent",
+        ];
+        let answer = [
+            "server",
+            "date",
+            "content-type",
+            "content-length",
+            "connection",
+            "etag",
+            "cache-control",
+            "last-modified",
+            "vary",
+            "set-cookie",
+            "expires",
+            "content-encoding",
+            "x-request-id",
+        ];
+        let added_to_answer = [
+            "x-reskflow-endpoint",
+            "x-reskflow-route",
+            "ratelimit-limit",
+            "ratelimit-policy",
+            "ratelimit-remaining",
+            "ratelimit-reset",
+            "age",
+            "x-cache",
+        ];
+        let bits = |names: &[&str]| names.iter().fold(0, |bits, n| bits | name_bit(n.as_bytes()));
+        let shared = |names: &[&str], added: &[&str]| {
+            bits(&names.iter().filter(|n| !added.contains(n)).copied().collect::<Vec<_>>()) & bits(added)
+        };
+        assert_eq!(shared(&request, &added_to_request), 0);
+        assert_eq!(shared(&answer, &added_to_answer), 0);
     }
 
     #[test]
