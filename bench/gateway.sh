@@ -10,7 +10,7 @@
 #
 #   bench/gateway.sh        Knobs: ROUNDS=3 DURATION=10s (passed to proxy-compare.sh), SKIP_C1=0,
 #                           ONLY_MISS=0 (1: the cache-miss runs only, no cache/Redis/cold-start runs),
-#                           ONLY_REDIS=0 (1: the Redis runs only),
+#                           ONLY_REDIS=0 (1: the Redis runs only), ONLY_CACHE=0 (1: the cache-hit runs only),
 #                           BASELINE=path/to/an/older/gateway (measured in the same runs as "baseline"),
 #                           BUILD=1 (0: run the binaries in target/release as they are)
 #
@@ -70,9 +70,11 @@ if [[ ${ONLY_REDIS:-0} != 1 ]]; then
         ready 18092
         targets+=(baseline=18092)
     fi
-    OUT="$OUT/c50" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/c50.md"
-    if [[ ${SKIP_C1:-0} != 1 ]]; then
-        CONNS=1 OUT="$OUT/c1" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/c1.md"
+    if [[ ${ONLY_CACHE:-0} != 1 ]]; then
+        OUT="$OUT/c50" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/c50.md"
+        if [[ ${SKIP_C1:-0} != 1 ]]; then
+            CONNS=1 OUT="$OUT/c1" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/c1.md"
+        fi
     fi
     [[ ${ONLY_MISS:-0} == 1 ]] && exit 0
 
@@ -80,6 +82,7 @@ if [[ ${ONLY_REDIS:-0} != 1 ]]; then
     targets=(direct=18080 nginx=18081 gateway-cache=18090)
     [[ -n ${BASELINE:-} ]] && targets+=(baseline-cache=18092)
     URLPATH=/api/cached/item OUT="$OUT/cache" "$KIT/proxy-compare.sh" "${targets[@]}" | tee "$OUT/cache.md"
+    [[ ${ONLY_CACHE:-0} == 1 ]] && exit 0
 fi
 
 # The same route with the limit in Redis (a second gateway; same control plane).
