@@ -34,7 +34,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -45,7 +45,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::balance::Endpoint;
 use crate::clock;
-use crate::fields::{Fields, Hop};
+use crate::fields::{write_line, Fields, Hop};
 use crate::server::{Answer, Inbound};
 
 /// What the data plane sends upstream: the caller's body streamed through (within a size limit:
@@ -297,10 +297,6 @@ fn this_hops(name: &HeaderName) -> bool {
     Hop::is_in(name.as_str().as_bytes(), Hop::CLIENT_WRITES)
 }
 
-fn write_header(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    crate::fields::write_line(out, name.as_str().as_bytes(), value.as_bytes());
-}
-
 fn write_head(out: &mut Vec<u8>, endpoint: &Endpoint, parts: &Parts, extra: &Fields, framing: Framing) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -316,7 +312,7 @@ fn write_head(out: &mut Vec<u8>, endpoint: &Endpoint, parts: &Parts, extra: &Fie
     // replaces the request's own of its name.
     for (name, value) in &parts.headers {
         if !this_hops(name) && !extra.replaces(name) {
-            write_header(out, name, value);
+            write_line(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
     extra.write_to(out);
@@ -826,7 +822,7 @@ impl std::fmt::Debug for PooledBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::header;
+    use http::header::{self, HeaderValue};
     use reskflow_proto::dataplane::EndpointSpec;
     use tokio::io::AsyncBufReadExt;
     use tokio::net::TcpListener;

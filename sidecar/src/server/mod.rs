@@ -569,7 +569,7 @@ where
             4 if *name == header::DATE => has_date = true,
             _ => {}
         }
-        put_header(wbuf, name.as_str().as_bytes(), value.as_bytes());
+        crate::fields::write_line(wbuf, name.as_str().as_bytes(), value.as_bytes());
     }
     fields.write_to(wbuf);
     // (An upstream's answer brings its own Date among its fields.)
@@ -691,12 +691,8 @@ fn put_status(wbuf: &mut Vec<u8>, status: StatusCode) {
     wbuf.extend_from_slice(b"\r\n");
 }
 
-fn put_header(wbuf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    crate::fields::write_line(wbuf, name, value);
-}
-
 fn put_length(wbuf: &mut Vec<u8>, n: u64) {
-    put_header(wbuf, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+    crate::fields::write_line(wbuf, b"content-length", itoa::Buffer::new().format(n).as_bytes());
 }
 
 fn put_chunk_size(wbuf: &mut Vec<u8>, len: usize) {
@@ -724,7 +720,7 @@ fn put_date(wbuf: &mut Vec<u8>) {
         let into_second = wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::from(d.subsec_millis()));
         DATE.set((now + 1000 - into_second, text));
     }
-    put_header(wbuf, b"date", &text);
+    crate::fields::write_line(wbuf, b"date", &text);
 }
 
 /// Serves an HTTP/2 connection (its first bytes already read) with hyper.
