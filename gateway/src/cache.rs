@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode};
 use hyper::body::Body;
 use moka::future::Cache;
@@ -29,29 +29,13 @@ pub struct Cached {
     pub route: String,
     pub path: String,
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    /// The answer's fields as a head's text (`Fields::received_from` its map, made once when it
+    /// is stored): a hit sends them with one copy, and the `Age` and `X-Cache` it adds replace
+    /// stored ones; cloning a map and inserting into it cost ~2,600 instructions a hit.
+    pub fields: Fields,
     pub body: Bytes,
     pub stored_at: Instant,
     pub ttl: Duration,
-    /// `headers` as a head's text, made once when the answer is stored: a hit sends them with one
-    /// copy (received fields, which the `Age` and `X-Cache` each hit adds replace), where cloning
-    /// the map and inserting into it cost ~2,600 instructions a hit.
-    pub fields: Fields,
-}
-
-impl Cached {
-    pub fn new(
-        route: String,
-        path: String,
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Bytes,
-        stored_at: Instant,
-        ttl: Duration,
-    ) -> Cached {
-        let fields = Fields::received_from(&headers);
-        Cached { route, path, status, headers, body, stored_at, ttl, fields }
-    }
 }
 
 pub type Entry = Arc<Cached>;
@@ -113,8 +97,8 @@ impl ResponseCache {
         let builder = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_, e: &Entry| {
-                let headers: usize = e.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
-                u32::try_from(e.body.len() + headers + 128).unwrap_or(u32::MAX)
+                let held = e.body.len() + e.fields.text_len() + e.path.len() + e.route.len();
+                u32::try_from(held + 128).unwrap_or(u32::MAX)
             })
             .support_invalidation_closures();
         if local_copies {
@@ -182,13 +166,7 @@ impl ResponseCache {
             h.update(&[1]);
             // The request as the upstream gets it: a field the gateway adds replaces the request's
             // own of its name.
-            let mut added = extra.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).peekable();
-            let values: &mut dyn Iterator<Item = &[u8]> = if added.peek().is_some() {
-                &mut added.map(|(_, value)| value)
-            } else {
-                &mut headers.get_all(name.as_str()).into_iter().map(HeaderValue::as_bytes)
-            };
-            for value in values {
+            for value in extra.values_over(headers, name) {
                 h.update(value);
                 h.update(&[2]);
             }
@@ -274,10 +252,10 @@ fn encode(e: &Cached) -> Vec<u8> {
     out.extend_from_slice(&u64::try_from(e.ttl.as_millis()).unwrap_or(u64::MAX).to_le_bytes());
     out.extend_from_slice(&u64::try_from(e.stored_at.elapsed().as_millis()).unwrap_or(0).to_le_bytes());
     put(&mut out, e.path.as_bytes());
-    out.extend_from_slice(&u32::try_from(e.headers.len()).unwrap_or(0).to_le_bytes());
-    for (name, value) in &e.headers {
-        put(&mut out, name.as_str().as_bytes());
-        put(&mut out, value.as_bytes());
+    out.extend_from_slice(&u32::try_from(e.fields.iter().count()).unwrap_or(0).to_le_bytes());
+    for (name, value) in e.fields.iter() {
+        put(&mut out, name);
+        put(&mut out, value);
     }
     put(&mut out, &e.body);
     out
@@ -315,18 +293,17 @@ fn decode(route: &str, bytes: &[u8]) -> Option<Cached> {
     let age = Duration::from_millis(r.u64()?);
     let path = std::str::from_utf8(r.chunk()?).ok()?.to_string();
     let count = r.u32()?;
-    let mut headers = HeaderMap::new();
+    let mut fields = Fields::default();
     for _ in 0..count {
-        let name = HeaderName::from_bytes(r.chunk()?).ok()?;
-        let value = HeaderValue::from_bytes(r.chunk()?).ok()?;
-        headers.append(name, value);
+        let (name, value) = (r.chunk()?, r.chunk()?);
+        fields.receive_checked(name, value).then_some(())?;
     }
     let body = Bytes::copy_from_slice(r.chunk()?);
     if r.at != bytes.len() {
         return None;
     }
     let stored_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-    Some(Cached::new(route.to_string(), path, status, headers, body, stored_at, ttl))
+    Some(Cached { route: route.to_string(), path, status, fields, body, stored_at, ttl })
 }
 
 pub fn request_directive(headers: &HeaderMap) -> RequestDirective {
@@ -414,6 +391,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs.iter().map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
@@ -449,15 +427,21 @@ mod tests {
 
     #[test]
     fn entries_survive_the_trip_through_redis_bytes() {
-        let entry = Cached::new(
-            "r".into(),
-            "/a?x=1".into(),
-            StatusCode::NOT_FOUND,
-            headers(&[("content-type", "application/json"), ("etag", "\"v1\""), ("age", "3")]),
-            Bytes::from_static(b"{\"missing\":true}"),
-            Instant::now(),
-            Duration::from_secs(30),
-        );
+        let entry = Cached {
+            route: "r".into(),
+            path: "/a?x=1".into(),
+            status: StatusCode::NOT_FOUND,
+            fields: Fields::received_from(&headers(&[
+                ("content-type", "application/json"),
+                ("etag", "\"v1\""),
+                ("age", "3"),
+                ("connection", "close"),
+                ("content-length", "16"),
+            ])),
+            body: Bytes::from_static(b"{\"missing\":true}"),
+            stored_at: Instant::now(),
+            ttl: Duration::from_secs(30),
+        };
         // The text a hit sends: the stored fields (framing and hop-by-hop ones left out), which
         // the hit's own Age replaces.
         assert_eq!(
@@ -472,13 +456,22 @@ mod tests {
         );
         let back = decode("r", &encode(&entry)).expect("decodes");
         assert_eq!(
-            (back.status, &back.path, &back.headers, &back.body, back.ttl),
-            (entry.status, &entry.path, &entry.headers, &entry.body, entry.ttl)
+            (back.status, &back.path, back.fields.iter().collect::<Vec<_>>(), &back.body, back.ttl),
+            (entry.status, &entry.path, entry.fields.iter().collect::<Vec<_>>(), &entry.body, entry.ttl)
         );
         let bytes = encode(&entry);
         for cut in 0..bytes.len() {
             assert!(decode("r", &bytes[..cut]).is_none(), "a truncated entry ({cut} bytes) is refused");
         }
+        // A stored field that is not a field (bytes from elsewhere under the key) refuses the entry.
+        let mut bad = bytes.clone();
+        let at = bad.windows(4).position(|w| w == b"etag").expect("the name is stored");
+        bad[at] = b' ';
+        assert!(decode("r", &bad).is_none(), "a name with a space is refused");
+        let mut bad = bytes;
+        let at = bad.windows(2).position(|w| w == b"v1").expect("the value is stored");
+        bad[at] = b'\n';
+        assert!(decode("r", &bad).is_none(), "a value with a line feed is refused");
     }
 
     #[test]

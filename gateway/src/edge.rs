@@ -656,15 +656,15 @@ async fn store(
     match cache::collect_within(body, limit).await {
         Ok(Ok(bytes)) => {
             head.headers.remove(X_CACHE);
-            Ok(Arc::new(Cached::new(
-                route.to_string(),
-                path.to_string(),
-                head.status,
-                head.headers,
-                bytes,
-                std::time::Instant::now(),
+            Ok(Arc::new(Cached {
+                route: route.to_string(),
+                path: path.to_string(),
+                status: head.status,
+                fields: Fields::received_from(&head.headers),
+                body: bytes,
+                stored_at: std::time::Instant::now(),
                 ttl,
-            )))
+            }))
         }
         Ok(Err((read, rest))) => {
             use futures::StreamExt;

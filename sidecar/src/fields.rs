@@ -330,6 +330,35 @@ impl Fields {
         fields
     }
 
+    /// A field read back from where another process stored it, kept as received when `name` is
+    /// a field name and `value` a valid value (the ones each hop writes itself and the hop-by-hop
+    /// ones are left out, as by [`Fields::received_from`]); false, and nothing kept, for a bad
+    /// field or one that comes after an added field.
+    pub fn receive_checked(&mut self, name: &[u8], value: &[u8]) -> bool {
+        if HeaderName::from_bytes(name).is_err() || !valid_value(value) || self.received != self.lines.len() {
+            return false;
+        }
+        if !Hop::is_in(name, Hop::WRITTEN_HERE | Hop::HOP_BY_HOP) {
+            self.receive(name, value);
+        }
+        true
+    }
+
+    /// The bytes of the fields' text (what holding them costs).
+    pub fn text_len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// The values of `name` a request carries when these fields are added to `headers`: these
+    /// fields' own when they have the name (they replace the map's), else the map's.
+    pub fn values_over<'a>(&'a self, headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let replaced = self.get(name).is_some();
+        self.iter()
+            .filter(move |(own, _)| own.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, value)| value)
+            .chain(headers.get_all(name).into_iter().filter(move |_| !replaced).map(HeaderValue::as_bytes))
+    }
+
     /// Drops the received fields named `name` (any case): those a `Connection` field names.
     pub(crate) fn drop_received(&mut self, name: &[u8]) {
         if self.received_names & name_bit(name) == 0 {

@@ -485,10 +485,9 @@ fn is_safe(method: &Method, headers: &HeaderMap) -> bool {
 /// Removes the hop-by-hop fields; whether the message carries a `traceparent` (noted on the same
 /// pass over the names).
 fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
-    // The hop-by-hop names (Hop::HOP_BY_HOP) are removed with those Connection names, and TE
-    // unless it is "trailers".
-    // One pass over the names finds which are there (most messages carry none, or only
-    // `Connection: keep-alive`), so only those are looked up. Bit i: `HOPS[i]` is there.
+    // The hop-by-hop names (Hop::HOP_BY_HOP) go, with the names Connection lists and a TE other
+    // than "trailers". One pass over the names finds which are there (most messages carry none,
+    // or only `Connection: keep-alive`), so only those are looked up. Bit i: `HOPS[i]` is there.
     let mut present = 0u16;
     let mut traced = false;
     for name in headers.keys() {
