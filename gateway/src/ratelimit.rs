@@ -73,6 +73,7 @@ pub struct RouteLimiter {
     /// kept, so limits above a million a second stay exact; formatted once, not per request).
     interval_arg: Bytes,
     tolerance_arg: Bytes,
+    interval_us: f64,
 }
 
 impl std::fmt::Debug for RouteLimiter {
@@ -100,6 +101,7 @@ impl RouteLimiter {
                 .with_middleware::<StateInformationMiddleware>(),
             interval_arg: Bytes::from(interval_us.to_string()),
             tolerance_arg: Bytes::from((window_us - interval_us).to_string()),
+            interval_us,
         })
     }
 
@@ -135,50 +137,50 @@ impl RouteLimiter {
 
 /// GCRA for a batch of requests in one round trip, timed by Redis's own clock so every replica
 /// measures time alike.
-/// - KEYS: each request's caller key. A key may come several times (the requests are decided in
-///   order); it is read once and written once, after the batch, so a caller's burst costs one
-///   `GET` and one `SET` however many of its requests the batch holds.
-/// - ARGV: runs of consecutive keys under one limit, each as `count, emission interval, burst
-///   tolerance` (µs, may have fractions); a batch of one route's requests is one run.
-/// - Returns one string: per key `allowed(0/1) remaining retry-after(µs) reset(µs)`, joined by
-///   commas ([`parse_answers`]); one bulk reply is far cheaper for the client to parse than four
-///   integers per key.
+/// - KEYS: the batch's callers, each once.
+/// - ARGV: groups of consecutive requests of one caller under one limit, each as `key index,
+///   count, emission interval, burst tolerance` (µs, may have fractions). The groups are decided
+///   in order; a caller's state is read once and written once (when it changed), after the batch,
+///   so a caller's burst costs one `GET` and one `SET` however many of its requests the batch holds.
+/// - Returns one string: per group `allowed first-remaining first-reset retry-after reset` (µs),
+///   joined by commas ([`parse_groups`]): the group's first `allowed` requests pass, the first
+///   of them with `first-remaining` left and its allowance back to full after `first-reset`, each
+///   next one with one fewer left and one interval later; the rest are refused with `retry-after`
+///   and `reset`. Work and reply per group, not per request, keep Redis's time and the client's
+///   parsing flat under a caller's burst.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local out = {}
 local tats = {}
-local written = {}
-local order = {}
-local i = 0
-for run = 1, #ARGV, 3 do
-  local interval = tonumber(ARGV[run + 1])
-  local tolerance = tonumber(ARGV[run + 2])
-  for _ = 1, tonumber(ARGV[run]) do
-    i = i + 1
-    local key = KEYS[i]
-    local tat = tats[key]
-    if tat == nil then tat = tonumber(redis.call('GET', key) or now) end
-    if tat < now then tat = now end
-    local new_tat = tat + interval
-    local allow_at = new_tat - tolerance - interval
-    if now < allow_at then
-      tats[key] = tat
-      out[i] = string.format('0 0 %d %d', math.ceil(allow_at - now), math.ceil(tat - now))
-    else
-      tats[key] = new_tat
-      if written[key] == nil then
-        written[key] = true
-        order[#order + 1] = key
-      end
-      local remaining = math.floor((tolerance + interval - (new_tat - now)) / interval)
-      out[i] = string.format('1 %d 0 %d', remaining, math.ceil(new_tat - now))
+local changed = {}
+for g = 1, #ARGV, 4 do
+  local k = tonumber(ARGV[g])
+  local count = tonumber(ARGV[g + 1])
+  local interval = tonumber(ARGV[g + 2])
+  local tolerance = tonumber(ARGV[g + 3])
+  local tat = tats[k]
+  if tat == nil then tat = tonumber(redis.call('GET', KEYS[k]) or now) end
+  if tat < now then tat = now end
+  local allowed = 0
+  local remaining = 0
+  local reset = 0
+  while allowed < count and tat - now <= tolerance do
+    tat = tat + interval
+    if allowed == 0 then
+      remaining = math.max(0, math.floor((tolerance + interval - (tat - now)) / interval))
+      reset = math.ceil(tat - now)
     end
+    allowed = allowed + 1
   end
+  tats[k] = tat
+  if allowed > 0 then changed[k] = true end
+  out[#out + 1] = string.format('%d %d %d %d %d', allowed, remaining, reset,
+    math.max(0, math.ceil(tat - tolerance - now)), math.ceil(tat - now))
 end
-for _, key in ipairs(order) do
-  local tat = tats[key]
-  redis.call('SET', key, string.format('%.3f', tat), 'PX', math.max(1, math.ceil((tat - now) / 1000)))
+for k in pairs(changed) do
+  local tat = tats[k]
+  redis.call('SET', KEYS[k], string.format('%.3f', tat), 'PX', math.max(1, math.ceil((tat - now) / 1000)))
 end
 return table.concat(out, ',')
 ";
@@ -218,12 +220,37 @@ const BACKOFF_MS: u64 = 1_000;
 /// The script's answer for one request: allowed (0/1), remaining, retry after (µs), reset (µs).
 type GcraAnswer = (u8, u64, u64, u64);
 
+/// The script's answer for a group of requests: allowed, the first one's remaining and reset,
+/// the refused ones' retry after and reset (µs).
+type GroupAnswer = [u64; 5];
+
 /// One request waiting for its decision.
 struct Ask {
     key: String,
     interval: Bytes,
     tolerance: Bytes,
+    /// The emission interval in µs, which spaces the resets of a group's allowed requests.
+    interval_us: f64,
     answer: tokio::sync::oneshot::Sender<Result<GcraAnswer, String>>,
+}
+
+impl Ask {
+    /// Whether `self` and `other` are decided in one group (one caller, one limit).
+    fn same_group(&self, other: &Ask) -> bool {
+        self.key == other.key && self.interval == other.interval && self.tolerance == other.tolerance
+    }
+}
+
+/// The `j`th request (from 0) of a group's answer `a`.
+fn answer_in_group(a: &GroupAnswer, j: u64, interval_us: f64) -> GcraAnswer {
+    let [allowed, remaining, reset, retry_after, refused_reset] = *a;
+    if j < allowed {
+        // Each allowed request pushes the caller's state one interval further.
+        let later = (j as f64 * interval_us).round() as u64;
+        (1, remaining.saturating_sub(j), 0, reset.saturating_add(later))
+    } else {
+        (0, 0, retry_after, refused_reset)
+    }
 }
 
 impl Shared {
@@ -272,16 +299,20 @@ async fn batches(
 
 /// One script call for `batch`; every request gets its answer or the error.
 async fn decide(mut conn: redis::aio::ConnectionManager, script: &redis::Script, batch: Vec<Ask>, timeout: Duration) {
+    let sizes: Vec<usize> = batch.chunk_by(Ask::same_group).map(<[Ask]>::len).collect();
     let answers = match tokio::time::timeout(timeout, evaluate(&mut conn, script, &batch)).await {
-        Ok(Ok(redis::Value::BulkString(reply))) => parse_answers(&reply, batch.len()),
+        Ok(Ok(redis::Value::BulkString(reply))) => parse_groups(&reply, sizes.len()),
         Ok(Ok(other)) => Err(format!("the script answered {other:?}, not a string")),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {timeout:?}")),
     };
     match answers {
         Ok(answers) => {
-            for (ask, a) in batch.into_iter().zip(answers) {
-                let _ = ask.answer.send(Ok(a));
+            let mut asks = batch.into_iter();
+            for (a, size) in answers.iter().zip(sizes) {
+                for (j, ask) in (0..).zip(asks.by_ref().take(size)) {
+                    let _ = ask.answer.send(Ok(answer_in_group(a, j, ask.interval_us)));
+                }
             }
         }
         Err(why) => {
@@ -301,18 +332,28 @@ async fn evaluate(
     script: &redis::Script,
     batch: &[Ask],
 ) -> redis::RedisResult<redis::Value> {
-    let data = batch.iter().map(|ask| ask.key.len()).sum::<usize>();
-    let mut cmd = redis::Cmd::with_capacity(6 + batch.len(), 128 + data);
-    cmd.arg("EVALSHA").arg(script.get_hash()).arg(batch.len());
-    for ask in batch {
-        cmd.arg(ask.key.as_str());
+    // The callers, each once (a batch holds few: a linear look-up is the cheapest).
+    let mut keys: Vec<&str> = Vec::with_capacity(4);
+    let mut groups = Vec::with_capacity(4);
+    for group in batch.chunk_by(Ask::same_group) {
+        let first = &group[0];
+        let k = match keys.iter().position(|key| *key == first.key) {
+            Some(k) => k,
+            None => {
+                keys.push(&first.key);
+                keys.len() - 1
+            }
+        };
+        groups.push((k + 1, group.len(), first));
     }
-    // Runs of consecutive requests under one limit: `count, interval, tolerance` each.
-    let mut rest = batch;
-    while let Some(first) = rest.first() {
-        let count = rest.iter().take_while(|a| a.interval == first.interval && a.tolerance == first.tolerance).count();
-        cmd.arg(count).arg(&first.interval[..]).arg(&first.tolerance[..]);
-        rest = &rest[count..];
+    let data = keys.iter().map(|key| key.len()).sum::<usize>() + groups.len() * 32;
+    let mut cmd = redis::Cmd::with_capacity(3 + keys.len() + 4 * groups.len(), 64 + data);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys.len());
+    for key in keys {
+        cmd.arg(key);
+    }
+    for (k, count, first) in groups {
+        cmd.arg(k).arg(count).arg(&first.interval[..]).arg(&first.tolerance[..]);
     }
     match cmd.query_async(conn).await {
         Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
@@ -323,30 +364,30 @@ async fn evaluate(
     }
 }
 
-/// The script's reply for `n` keys: `allowed remaining retry-after reset` per key, joined by commas.
-fn parse_answers(reply: &[u8], n: usize) -> Result<Vec<GcraAnswer>, String> {
+/// The script's reply for `n` groups: five numbers per group, joined by commas.
+fn parse_groups(reply: &[u8], n: usize) -> Result<Vec<GroupAnswer>, String> {
     let mut answers = Vec::with_capacity(n);
     for one in reply.split(|&b| b == b',') {
-        match parse_answer(one) {
+        match parse_group(one) {
             Some(answer) => answers.push(answer),
             None => return Err(format!("the script answered {:?}", String::from_utf8_lossy(reply))),
         }
     }
     if answers.len() != n {
-        return Err(format!("the script answered {} decisions for {n} keys", answers.len()));
+        return Err(format!("the script answered {} decisions for {n} groups", answers.len()));
     }
     Ok(answers)
 }
 
-/// One key's `allowed(0/1) remaining retry-after reset`, each a plain decimal number.
-fn parse_answer(one: &[u8]) -> Option<GcraAnswer> {
-    let mut fields = one.split(|&b| b == b' ').map(|field| {
+/// One group's five numbers, each a plain decimal number, separated by single spaces.
+fn parse_group(one: &[u8]) -> Option<GroupAnswer> {
+    let mut fields = one.split(|&b| b == b' ');
+    let mut answer = [0; 5];
+    for n in &mut answer {
+        let field = fields.next()?;
         let digits = !field.is_empty() && field.len() <= 19 && field.iter().all(u8::is_ascii_digit);
-        digits.then(|| field.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
-    });
-    let mut next = || fields.next().flatten();
-    let allowed = u8::try_from(next()?).ok().filter(|a| *a <= 1)?;
-    let answer = (allowed, next()?, next()?, next()?);
+        *n = digits.then(|| field.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))?;
+    }
     fields.next().is_none().then_some(answer)
 }
 
@@ -399,6 +440,7 @@ impl Shared {
             key: key.clone(),
             interval: limiter.interval_arg.clone(),
             tolerance: limiter.tolerance_arg.clone(),
+            interval_us: limiter.interval_us,
             answer,
         };
         let answer = match self.asks.send(ask) {
@@ -462,16 +504,34 @@ mod tests {
 
     #[test]
     fn the_scripts_reply_is_read_exactly_or_refused() {
-        assert_eq!(parse_answers(b"1 4 0 200000", 1), Ok(vec![(1, 4, 0, 200_000)]));
+        assert_eq!(parse_groups(b"1 4 200000 0 200000", 1), Ok(vec![[1, 4, 200_000, 0, 200_000]]));
         assert_eq!(
-            parse_answers(b"1 0 0 60000000,0 0 12000000 60000000", 2),
-            Ok(vec![(1, 0, 0, 60_000_000), (0, 0, 12_000_000, 60_000_000)])
+            parse_groups(b"3 2 20000000 0 60000000,0 0 0 12000000 60000000", 2),
+            Ok(vec![[3, 2, 20_000_000, 0, 60_000_000], [0, 0, 0, 12_000_000, 60_000_000]])
         );
-        for bad in [&b""[..], b"1 4 0", b"1 4 0 2 9", b"2 4 0 2", b"1 -4 0 2", b"1 4 0 2,", b"1 4 0 2e3", b"1  4 0 2"] {
-            assert!(parse_answers(bad, 1).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"1 4 0 2",
+            b"1 4 0 2 9 9",
+            b"1 -4 0 2 9",
+            b"1 4 0 2 9,",
+            b"1 4 0 2e3 9",
+            b"1  4 0 2 9",
+            b"1 4 0 2 99999999999999999999",
+        ] {
+            assert!(parse_groups(bad, 1).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
-        assert!(parse_answers(b"1 4 0 2,1 3 0 2", 1).is_err(), "more decisions than keys");
-        assert!(parse_answers(b"1 4 0 2", 2).is_err(), "fewer decisions than keys");
+        assert!(parse_groups(b"1 4 0 2 2,1 3 0 2 2", 1).is_err(), "more decisions than groups");
+        assert!(parse_groups(b"1 4 0 2 2", 2).is_err(), "fewer decisions than groups");
+    }
+
+    /// A group's answer read for each of its requests: the allowed ones one fewer left and one
+    /// interval later each, then the refused ones.
+    #[test]
+    fn a_groups_answer_spreads_over_its_requests() {
+        let a = [3, 9, 100, 250, 400];
+        let each: Vec<GcraAnswer> = (0..5).map(|j| answer_in_group(&a, j, 100.4)).collect();
+        assert_eq!(each, [(1, 9, 0, 100), (1, 8, 0, 200), (1, 7, 0, 301), (0, 0, 250, 400), (0, 0, 250, 400)]);
     }
 
     #[test]
@@ -534,6 +594,43 @@ mod tests {
         assert_eq!(remaining[1], (0..20).collect::<Vec<u32>>());
         assert_eq!(limited, [45, 30]);
         assert_eq!(shared.stats.redis_errors.load(Ordering::Relaxed), 0);
+    }
+
+    /// A caller's burst that arrives at once is one batch and one group in it: its requests are
+    /// decided in their order, each with one fewer left and a later reset, then refused.
+    #[tokio::test]
+    async fn a_callers_burst_is_decided_as_one_group_in_order() {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let (conn, up) = connect_redis(&url, Duration::from_secs(2)).await.expect("redis");
+        assert!(up, "Redis at {url} must be running for this test");
+        let shared = Shared::new(conn, up, Duration::from_secs(2), FailureMode::Closed);
+        let ten = limit(10, "1m");
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let key = format!("test-burst-{nanos}");
+        // Polled in order on this one thread: all 30 are asked before the batch task runs.
+        let decisions = futures::future::join_all((0..30).map(|_| shared.check(&ten, &key))).await;
+        assert_eq!(shared.stats.redis_calls.load(Ordering::Relaxed), 1, "one script call");
+        let mut last_reset = Duration::ZERO;
+        for (i, decision) in decisions.iter().enumerate() {
+            match *decision {
+                Decision::Allowed { remaining, reset } if i < 10 => {
+                    assert_eq!(remaining, 9 - i as u32, "request {i}");
+                    assert!(reset > last_reset, "request {i}: each reset is later");
+                    assert!(reset <= Duration::from_secs(60));
+                    last_reset = reset;
+                }
+                Decision::Limited { retry_after, reset } if i >= 10 => {
+                    assert!(
+                        retry_after > Duration::from_secs(5) && retry_after <= Duration::from_secs(6),
+                        "{retry_after:?}"
+                    );
+                    assert!(reset >= last_reset && reset <= Duration::from_secs(60), "{reset:?}");
+                }
+                other => panic!("request {i}: {other:?}"),
+            }
+        }
+        // The state was written: the next request (another batch) is refused too.
+        assert!(matches!(shared.check(&ten, &key).await, Decision::Limited { .. }));
     }
 
     /// A Redis that lost its scripts (restarted, or `SCRIPT FLUSH`) gets the script again and the
