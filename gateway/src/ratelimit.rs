@@ -332,7 +332,8 @@ async fn evaluate(
     script: &redis::Script,
     batch: &[Ask],
 ) -> redis::RedisResult<redis::Value> {
-    // The callers, each once (a batch holds few: a linear look-up is the cheapest).
+    // The callers, each once (a linear look-up: a batch holds at most `MAX_BATCH` requests, and
+    // under load most of them are a few busy callers').
     let mut keys: Vec<&str> = Vec::with_capacity(4);
     let mut groups = Vec::with_capacity(4);
     for group in batch.chunk_by(Ask::same_group) {
