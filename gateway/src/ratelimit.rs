@@ -20,7 +20,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use reskflow_proto::route::RateLimit;
-use reskflow_sidecar::fields::Fields;
+use reskflow_sidecar::fields::{decimal, Fields};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -299,9 +299,10 @@ async fn batches(
 
 /// One script call for `batch`; every request gets its answer or the error.
 async fn decide(mut conn: redis::aio::ConnectionManager, script: &redis::Script, batch: Vec<Ask>, timeout: Duration) {
-    let sizes: Vec<usize> = batch.chunk_by(Ask::same_group).map(<[Ask]>::len).collect();
-    let answers = match tokio::time::timeout(timeout, evaluate(&mut conn, script, &batch)).await {
-        Ok(Ok(redis::Value::BulkString(reply))) => parse_groups(&reply, sizes.len()),
+    let groups: Vec<&[Ask]> = batch.chunk_by(Ask::same_group).collect();
+    let sizes: Vec<usize> = groups.iter().map(|group| group.len()).collect();
+    let answers = match tokio::time::timeout(timeout, evaluate(&mut conn, script, &groups)).await {
+        Ok(Ok(redis::Value::BulkString(reply))) => parse_groups(&reply, groups.len()),
         Ok(Ok(other)) => Err(format!("the script answered {other:?}, not a string")),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {timeout:?}")),
@@ -323,29 +324,29 @@ async fn decide(mut conn: redis::aio::ConnectionManager, script: &redis::Script,
     }
 }
 
-/// `EVALSHA` of the script for `batch`, loading it first if Redis does not have it (a restarted
+/// `EVALSHA` of the script for a batch's `groups` (one caller's consecutive requests under one
+/// limit each), loading it first if Redis does not have it (a restarted
 /// Redis). Built as one command (every argument in one buffer) rather than through
 /// `ScriptInvocation`, which keeps each key and argument in its own allocation and copies them all
 /// again into the command.
 async fn evaluate(
     conn: &mut redis::aio::ConnectionManager,
     script: &redis::Script,
-    batch: &[Ask],
+    groups: &[&[Ask]],
 ) -> redis::RedisResult<redis::Value> {
     // The callers, each once (a linear look-up: a batch holds at most `MAX_BATCH` requests, and
     // under load most of them are a few busy callers').
     let mut keys: Vec<&str> = Vec::with_capacity(4);
-    let mut groups = Vec::with_capacity(4);
-    for group in batch.chunk_by(Ask::same_group) {
-        let first = &group[0];
-        let k = match keys.iter().position(|key| *key == first.key) {
+    let mut indexes = Vec::with_capacity(groups.len());
+    for group in groups {
+        let k = match keys.iter().position(|key| *key == group[0].key) {
             Some(k) => k,
             None => {
-                keys.push(&first.key);
+                keys.push(&group[0].key);
                 keys.len() - 1
             }
         };
-        groups.push((k + 1, group.len(), first));
+        indexes.push(k + 1);
     }
     let data = keys.iter().map(|key| key.len()).sum::<usize>() + groups.len() * 32;
     let mut cmd = redis::Cmd::with_capacity(3 + keys.len() + 4 * groups.len(), 64 + data);
@@ -353,8 +354,8 @@ async fn evaluate(
     for key in keys {
         cmd.arg(key);
     }
-    for (k, count, first) in groups {
-        cmd.arg(k).arg(count).arg(&first.interval[..]).arg(&first.tolerance[..]);
+    for (k, group) in indexes.into_iter().zip(groups) {
+        cmd.arg(k).arg(group.len()).arg(&group[0].interval[..]).arg(&group[0].tolerance[..]);
     }
     match cmd.query_async(conn).await {
         Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
@@ -385,9 +386,7 @@ fn parse_group(one: &[u8]) -> Option<GroupAnswer> {
     let mut fields = one.split(|&b| b == b' ');
     let mut answer = [0; 5];
     for n in &mut answer {
-        let field = fields.next()?;
-        let digits = !field.is_empty() && field.len() <= 19 && field.iter().all(u8::is_ascii_digit);
-        *n = digits.then(|| field.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))?;
+        *n = decimal(fields.next()?)?;
     }
     fields.next().is_none().then_some(answer)
 }

@@ -560,7 +560,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(Head, De
             Decoder::Close
         }
     } else if lengths > 0 {
-        match length.filter(|_| lengths == 1).and_then(digits) {
+        match length.filter(|_| lengths == 1).and_then(crate::fields::decimal) {
             Some(n) => Decoder::Length(n),
             None => {
                 let values = parsed.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length"));
@@ -578,13 +578,6 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(Head, De
 /// Room left in an answer's fields for those the proxy and a gateway add (endpoint, route and
 /// rate-limit fields) without growing.
 const ADDED_ROOM: usize = 192;
-
-/// A Content-Length of 1-18 digits (no overflow possible): the usual answer, read while the head
-/// is parsed; None for anything else, which [`content_length`] then reads in full.
-fn digits(text: &[u8]) -> Option<u64> {
-    ((1..=18).contains(&text.len()) && text.iter().all(u8::is_ascii_digit))
-        .then(|| text.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
-}
 
 /// The one length every `Content-Length` value states (RFC 9110 8.6: a list of equal values is
 /// that value; anything else is invalid).

@@ -208,6 +208,13 @@ impl Hop {
     pub const WRITTEN_HERE: u16 = Hop::CLIENT_WRITES | Hop::Connection.bits();
 }
 
+/// A plain decimal number of 1 to 19 digits (no sign, no space: what a length or a count in a
+/// protocol's text is; 19 digits cannot overflow a u64); None for anything else.
+pub fn decimal(text: &[u8]) -> Option<u64> {
+    ((1..=19).contains(&text.len()) && text.iter().all(u8::is_ascii_digit))
+        .then(|| text.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
 /// Whether `value` may be a field's value as it is (what `HeaderValue::from_bytes` accepts).
 fn valid_value(value: &[u8]) -> bool {
     value.iter().all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
@@ -546,6 +553,16 @@ mod tests {
         );
         assert_eq!(fields.get("X-Route"), Some(&b"orders by id"[..]));
         assert_eq!(fields.get("x-other"), None);
+    }
+
+    #[test]
+    fn decimals_are_plain_digits_that_fit() {
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"1234"), Some(1234));
+        assert_eq!(decimal(b"9999999999999999999"), Some(9_999_999_999_999_999_999));
+        for bad in [&b""[..], b"+1", b"-1", b" 1", b"1 ", b"1e3", b"0x1", b"12345678901234567890"] {
+            assert_eq!(decimal(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -176,10 +176,7 @@ pub fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, HeadEr
 fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
     let mut found = None;
     for part in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-            return Err(HeadError::Bad("malformed Content-Length"));
-        }
-        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        let n = crate::fields::decimal(part).ok_or(HeadError::Bad("malformed Content-Length"))?;
         if found.is_some_and(|m| m != n) {
             return Err(HeadError::Bad("conflicting Content-Length values"));
         }
