@@ -436,7 +436,7 @@ impl Edge {
     async fn rate_limit(
         &self,
         route: &CompiledRoute,
-        limiter: &RouteLimiter,
+        limiter: &Arc<RouteLimiter>,
         identity: Option<&Arc<Identity>>,
         ip: IpAddr,
     ) -> Result<(u32, Duration), Response<EdgeBody>> {
@@ -454,7 +454,7 @@ impl Edge {
                     key.push_str(IpText::new(ip).as_str());
                 }
             }
-            match self.limits.check(limiter, &key).await {
+            match self.limits.check(limiter, key).await {
                 Decision::Allowed { remaining, reset } => {
                     if tightest.is_none_or(|(r, _)| remaining < r) {
                         tightest = Some((remaining, reset));

@@ -220,24 +220,53 @@ const BACKOFF_MS: u64 = 1_000;
 /// The script's answer for one request: allowed (0/1), remaining, retry after (µs), reset (µs).
 type GcraAnswer = (u8, u64, u64, u64);
 
+/// Why a request's batch failed, with the request's key handed back for the fallback.
+struct Failed {
+    why: Arc<str>,
+    key: String,
+}
+
 /// The script's answer for a group of requests: allowed, the first one's remaining and reset,
 /// the refused ones' retry after and reset (µs).
 type GroupAnswer = [u64; 5];
 
-/// One request waiting for its decision.
+/// One request waiting for its decision: the caller's key (moved here, and handed back if the
+/// batch fails) and the route's limit. An `Ask` dropped unanswered (its batch task gone) answers
+/// its request with the failure, so the key always comes back.
 struct Ask {
     key: String,
-    interval: Bytes,
-    tolerance: Bytes,
-    /// The emission interval in µs, which spaces the resets of a group's allowed requests.
-    interval_us: f64,
-    answer: tokio::sync::oneshot::Sender<Result<GcraAnswer, String>>,
+    limiter: Arc<RouteLimiter>,
+    answer: Option<tokio::sync::oneshot::Sender<Result<GcraAnswer, Failed>>>,
+}
+
+impl Drop for Ask {
+    fn drop(&mut self) {
+        if let Some(answer) = self.answer.take() {
+            let failed = Failed { why: "the Redis batch task ended".into(), key: std::mem::take(&mut self.key) };
+            let _ = answer.send(Err(failed));
+        }
+    }
 }
 
 impl Ask {
+    fn answer(mut self, answer: GcraAnswer) {
+        if let Some(tx) = self.answer.take() {
+            let _ = tx.send(Ok(answer));
+        }
+    }
+
+    fn fail(mut self, why: Arc<str>) {
+        if let Some(tx) = self.answer.take() {
+            let _ = tx.send(Err(Failed { why, key: std::mem::take(&mut self.key) }));
+        }
+    }
+
     /// Whether `self` and `other` are decided in one group (one caller, one limit).
     fn same_group(&self, other: &Ask) -> bool {
-        self.key == other.key && self.interval == other.interval && self.tolerance == other.tolerance
+        self.key == other.key
+            && (Arc::ptr_eq(&self.limiter, &other.limiter)
+                || (self.limiter.interval_arg == other.limiter.interval_arg
+                    && self.limiter.tolerance_arg == other.limiter.tolerance_arg))
     }
 }
 
@@ -312,13 +341,15 @@ async fn decide(mut conn: redis::aio::ConnectionManager, script: &redis::Script,
             let mut asks = batch.into_iter();
             for (a, size) in answers.iter().zip(sizes) {
                 for (j, ask) in (0..).zip(asks.by_ref().take(size)) {
-                    let _ = ask.answer.send(Ok(answer_in_group(a, j, ask.interval_us)));
+                    let answer = answer_in_group(a, j, ask.limiter.interval_us);
+                    ask.answer(answer);
                 }
             }
         }
         Err(why) => {
+            let why: Arc<str> = why.into();
             for ask in batch {
-                let _ = ask.answer.send(Err(why.clone()));
+                ask.fail(why.clone());
             }
         }
     }
@@ -355,7 +386,8 @@ async fn evaluate(
         cmd.arg(key);
     }
     for (k, group) in indexes.into_iter().zip(groups) {
-        cmd.arg(k).arg(group.len()).arg(&group[0].interval[..]).arg(&group[0].tolerance[..]);
+        let limiter = &group[0].limiter;
+        cmd.arg(k).arg(group.len()).arg(&limiter.interval_arg[..]).arg(&limiter.tolerance_arg[..]);
     }
     match cmd.query_async(conn).await {
         Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
@@ -430,25 +462,19 @@ impl Shared {
     }
 
     /// Decides in Redis; on failure by the failure mode.
-    pub async fn check(&self, limiter: &RouteLimiter, key: &String) -> Decision {
+    pub async fn check(&self, limiter: &Arc<RouteLimiter>, key: String) -> Decision {
         let now = reskflow_sidecar::clock::now_ms();
         if now < self.down_until_ms.load(Ordering::Relaxed) {
-            return self.fallback(limiter, key);
+            return self.fallback(limiter, &key);
         }
         let (answer, decision) = tokio::sync::oneshot::channel();
-        let ask = Ask {
-            key: key.clone(),
-            interval: limiter.interval_arg.clone(),
-            tolerance: limiter.tolerance_arg.clone(),
-            interval_us: limiter.interval_us,
-            answer,
-        };
-        let answer = match self.asks.send(ask) {
-            Ok(()) => decision.await.map_err(|_| "the Redis batch task ended".to_string()),
-            Err(_) => Err("the Redis batch task ended".to_string()),
-        };
+        // Refused by a closed queue, the `Ask` drops here and answers with the failure.
+        let _ = self.asks.send(Ask { key, limiter: limiter.clone(), answer: Some(answer) });
+        // Never closed unanswered (an `Ask` answers when dropped); were it, the key is gone and the
+        // fallback decides under an empty one.
+        let answer = decision.await.unwrap_or_else(|_| Err(Failed { why: "no answer".into(), key: String::new() }));
         match answer {
-            Ok(Ok((allowed, remaining, retry_after_us, reset_us))) => {
+            Ok((allowed, remaining, retry_after_us, reset_us)) => {
                 self.up.store(true, Ordering::Relaxed);
                 let reset = Duration::from_micros(reset_us);
                 if allowed == 1 {
@@ -457,13 +483,13 @@ impl Shared {
                     Decision::Limited { retry_after: Duration::from_micros(retry_after_us), reset }
                 }
             }
-            Ok(Err(why)) | Err(why) => {
+            Err(Failed { why, key }) => {
                 if self.up.swap(false, Ordering::Relaxed) {
                     warn!(%why, "Redis rate limit failed; falling back (Redis is retried every second)");
                 }
                 self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
                 self.down_until_ms.store(now + BACKOFF_MS, Ordering::Relaxed);
-                self.fallback(limiter, key)
+                self.fallback(limiter, &key)
             }
         }
     }
@@ -484,10 +510,10 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub async fn check(&self, limiter: &RouteLimiter, key: &String) -> Decision {
+    pub async fn check(&self, limiter: &Arc<RouteLimiter>, key: String) -> Decision {
         match &self.shared {
             Some(shared) => shared.check(limiter, key).await,
-            None => limiter.check_local(key),
+            None => limiter.check_local(&key),
         }
     }
 }
@@ -573,7 +599,7 @@ mod tests {
             } else {
                 (shared.clone(), twenty.clone(), b.clone())
             };
-            tokio::spawn(async move { (i % 2, shared.check(&limiter, &key).await) })
+            tokio::spawn(async move { (i % 2, shared.check(&limiter, key).await) })
         });
         let mut remaining = [Vec::new(), Vec::new()];
         let mut limited = [0, 0];
@@ -604,11 +630,11 @@ mod tests {
         let (conn, up) = connect_redis(&url, Duration::from_secs(2)).await.expect("redis");
         assert!(up, "Redis at {url} must be running for this test");
         let shared = Shared::new(conn, up, Duration::from_secs(2), FailureMode::Closed);
-        let ten = limit(10, "1m");
+        let ten = Arc::new(limit(10, "1m"));
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let key = format!("test-burst-{nanos}");
         // Polled in order on this one thread: all 30 are asked before the batch task runs.
-        let decisions = futures::future::join_all((0..30).map(|_| shared.check(&ten, &key))).await;
+        let decisions = futures::future::join_all((0..30).map(|_| shared.check(&ten, key.clone()))).await;
         assert_eq!(shared.stats.redis_calls.load(Ordering::Relaxed), 1, "one script call");
         let mut last_reset = Duration::ZERO;
         for (i, decision) in decisions.iter().enumerate() {
@@ -630,7 +656,33 @@ mod tests {
             }
         }
         // The state was written: the next request (another batch) is refused too.
-        assert!(matches!(shared.check(&ten, &key).await, Decision::Limited { .. }));
+        assert!(matches!(shared.check(&ten, key.clone()).await, Decision::Limited { .. }));
+    }
+
+    /// With the batch task gone, each request is decided by the fallback under its own key (an
+    /// `Ask` dropped unanswered hands its key back): callers stay apart in the local limit.
+    #[tokio::test]
+    async fn without_the_batch_task_the_fallback_keeps_callers_apart() {
+        let (asks, queue) = tokio::sync::mpsc::unbounded_channel();
+        drop(queue);
+        let shared = Shared {
+            asks,
+            failure_mode: FailureMode::Local,
+            down_until_ms: AtomicU64::new(0),
+            up: AtomicBool::new(true),
+            stats: Arc::default(),
+        };
+        let one = Arc::new(limit(1, "1h"));
+        assert!(matches!(shared.check(&one, "alice".into()).await, Decision::Allowed { remaining: 0, .. }));
+        // Redis is now skipped for a second: the fallback decides directly.
+        assert!(matches!(shared.check(&one, "alice".into()).await, Decision::Limited { .. }));
+        shared.down_until_ms.store(0, Ordering::Relaxed);
+        assert!(matches!(shared.check(&one, "alice".into()).await, Decision::Limited { .. }), "through the drop");
+        shared.down_until_ms.store(0, Ordering::Relaxed);
+        assert!(matches!(shared.check(&one, "bob".into()).await, Decision::Allowed { remaining: 0, .. }));
+        assert!(!shared.healthy());
+        assert_eq!(shared.stats.redis_errors.load(Ordering::Relaxed), 3);
+        assert_eq!(shared.stats.fallback_decisions.load(Ordering::Relaxed), 4);
     }
 
     /// A Redis that lost its scripts (restarted, or `SCRIPT FLUSH`) gets the script again and the
@@ -641,16 +693,16 @@ mod tests {
         let (mut conn, up) = connect_redis(&url, Duration::from_secs(2)).await.expect("redis");
         assert!(up, "Redis at {url} must be running for this test");
         let shared = Shared::new(conn.clone(), up, Duration::from_secs(2), FailureMode::Closed);
-        let two = limit(2, "1h");
+        let two = Arc::new(limit(2, "1h"));
         let key = format!("test-flush-{}", std::process::id());
         for expected in [1, 0] {
             redis::cmd("SCRIPT").arg("FLUSH").query_async::<()>(&mut conn).await.expect("flush");
-            match shared.check(&two, &key).await {
+            match shared.check(&two, key.clone()).await {
                 Decision::Allowed { remaining, .. } => assert_eq!(remaining, expected),
                 other => panic!("expected an allowance, got {other:?}"),
             }
         }
-        assert!(matches!(shared.check(&two, &key).await, Decision::Limited { .. }));
+        assert!(matches!(shared.check(&two, key.clone()).await, Decision::Limited { .. }));
         assert_eq!(shared.stats.redis_errors.load(Ordering::Relaxed), 0);
         assert_eq!(shared.stats.fallback_decisions.load(Ordering::Relaxed), 0);
     }

@@ -555,6 +555,47 @@ mod tests {
         assert_eq!(fields.get("x-other"), None);
     }
 
+    /// Fields read back from a store keep the good end-to-end ones, leave out the ones each hop
+    /// writes itself, and refuse a bad name, a bad value or a received field after an added one.
+    #[test]
+    fn stored_fields_are_read_back_checked() {
+        let mut fields = Fields::default();
+        assert!(fields.receive_checked(b"Content-Type", b"application/json"));
+        assert!(fields.receive_checked(b"x-trace", b""));
+        assert!(fields.receive_checked(b"Connection", b"close"), "valid, and left out");
+        assert!(fields.receive_checked(b"content-length", b"12"), "valid, and left out");
+        assert!(!fields.receive_checked(b"bad name", b"x"));
+        assert!(!fields.receive_checked(b"", b"x"));
+        assert!(!fields.receive_checked(b"x-split", b"a\r\nx-injected: 1"));
+        assert!(!fields.receive_checked(b"x-nul", b"a\0b"));
+        let kept: Vec<_> = fields.iter().collect();
+        assert_eq!(
+            kept,
+            [(&b"content-type"[..], &b"application/json"[..]), (&b"x-trace"[..], &b""[..])],
+            "names in lower case"
+        );
+        assert_eq!(fields.text_len(), text(&fields).len());
+        fields.push_number(&LIMIT, 5);
+        assert!(!fields.receive_checked(b"x-late", b"1"), "received fields come before added ones");
+        assert_eq!(fields.iter().count(), 3);
+    }
+
+    /// A varied header's values as the request will carry them: the added fields' own replace the
+    /// map's; without them, the map's (every value, in order).
+    #[test]
+    fn values_over_a_map_prefer_the_fields_own() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::ACCEPT_LANGUAGE, HeaderValue::from_static("de"));
+        headers.append(header::ACCEPT_LANGUAGE, HeaderValue::from_static("fr"));
+        headers.append(header::ACCEPT, HeaderValue::from_static("text/html"));
+        let mut fields = Fields::default();
+        fields.push(&header::ACCEPT, &HeaderValue::from_static("application/json"));
+        let over = |name| fields.values_over(&headers, name).collect::<Vec<_>>();
+        assert_eq!(over("accept-language"), [&b"de"[..], &b"fr"[..]]);
+        assert_eq!(over("accept"), [&b"application/json"[..]], "the added field replaces the map's");
+        assert!(over("x-absent").is_empty());
+    }
+
     #[test]
     fn decimals_are_plain_digits_that_fit() {
         assert_eq!(decimal(b"0"), Some(0));
