@@ -165,13 +165,15 @@ for g = 1, #ARGV, 4 do
   local allowed = 0
   local remaining = 0
   local reset = 0
-  while allowed < count and tat - now <= tolerance do
-    tat = tat + interval
-    if allowed == 0 then
-      remaining = math.max(0, math.floor((tolerance + interval - (tat - now)) / interval))
-      reset = math.ceil(tat - now)
-    end
-    allowed = allowed + 1
+  local room = tolerance - (tat - now)
+  if room >= 0 then
+    -- Request i (from 0) passes while i intervals fit in the room; the ratio is nudged up by a
+    -- relative 1e-12 so that n - 1 computed as 5.999999999999 counts as 6.
+    local fit = math.floor(room / interval * (1 + 1e-12))
+    allowed = math.min(count, fit + 1)
+    remaining = fit
+    reset = math.ceil(tat + interval - now)
+    tat = tat + allowed * interval
   end
   tats[k] = tat
   if allowed > 0 then changed[k] = true end
@@ -683,6 +685,33 @@ mod tests {
         assert!(!shared.healthy());
         assert_eq!(shared.stats.redis_errors.load(Ordering::Relaxed), 3);
         assert_eq!(shared.stats.fallback_decisions.load(Ordering::Relaxed), 4);
+    }
+
+    /// A burst in one batch gets exactly its limit, also where the limit's interval has no exact
+    /// binary fraction (9 a minute, 13 an hour: adding up intervals one by one fell one short).
+    #[tokio::test]
+    async fn a_burst_in_one_batch_gets_exactly_its_limit() {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let (conn, up) = connect_redis(&url, Duration::from_secs(2)).await.expect("redis");
+        assert!(up, "Redis at {url} must be running for this test");
+        let shared = Shared::new(conn, up, Duration::from_secs(2), FailureMode::Closed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        for (requests, window) in [(9, "1m"), (13, "1h"), (23, "1m"), (47, "1m"), (7, "1h")] {
+            let limiter = Arc::new(limit(requests, window));
+            let key = format!("test-exact-{requests}-{window}-{nanos}");
+            let calls = shared.stats.redis_calls.load(Ordering::Relaxed);
+            let decisions =
+                futures::future::join_all((0..requests + 5).map(|_| shared.check(&limiter, key.clone()))).await;
+            assert_eq!(shared.stats.redis_calls.load(Ordering::Relaxed), calls + 1, "one script call");
+            let remaining: Vec<u32> = decisions
+                .iter()
+                .filter_map(|d| match d {
+                    Decision::Allowed { remaining, .. } => Some(*remaining),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(remaining, (0..requests).rev().collect::<Vec<u32>>(), "{requests} per {window}");
+        }
     }
 
     /// A Redis that lost its scripts (restarted, or `SCRIPT FLUSH`) gets the script again and the
