@@ -429,7 +429,14 @@ fn parse_group(one: &[u8]) -> Option<GroupAnswer> {
 /// connection keeps trying).
 pub async fn connect_redis(url: &str, timeout: Duration) -> anyhow::Result<(redis::aio::ConnectionManager, bool)> {
     {
-        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+        use redis::IntoConnectionInfo;
+        // TCP_NODELAY (redis-rs leaves Nagle on): a call written while an earlier one is still
+        // unacknowledged goes out at once instead of waiting for that acknowledgement.
+        let info = url
+            .into_connection_info()
+            .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(timeout))
