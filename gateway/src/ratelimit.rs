@@ -243,32 +243,23 @@ struct Ask {
 
 impl Drop for Ask {
     fn drop(&mut self) {
-        if let Some(answer) = self.answer.take() {
-            let failed = Failed { why: "the Redis batch task ended".into(), key: std::mem::take(&mut self.key) };
-            let _ = answer.send(Err(failed));
-        }
+        self.reply(Err("the Redis batch task ended".into()));
     }
 }
 
 impl Ask {
-    fn answer(mut self, answer: GcraAnswer) {
+    /// Answers the request (once; a failure hands the key back).
+    fn reply(&mut self, answer: Result<GcraAnswer, Arc<str>>) {
         if let Some(tx) = self.answer.take() {
-            let _ = tx.send(Ok(answer));
-        }
-    }
-
-    fn fail(mut self, why: Arc<str>) {
-        if let Some(tx) = self.answer.take() {
-            let _ = tx.send(Err(Failed { why, key: std::mem::take(&mut self.key) }));
+            let _ = tx.send(answer.map_err(|why| Failed { why, key: std::mem::take(&mut self.key) }));
         }
     }
 
     /// Whether `self` and `other` are decided in one group (one caller, one limit).
     fn same_group(&self, other: &Ask) -> bool {
         self.key == other.key
-            && (Arc::ptr_eq(&self.limiter, &other.limiter)
-                || (self.limiter.interval_arg == other.limiter.interval_arg
-                    && self.limiter.tolerance_arg == other.limiter.tolerance_arg))
+            && self.limiter.interval_arg == other.limiter.interval_arg
+            && self.limiter.tolerance_arg == other.limiter.tolerance_arg
     }
 }
 
@@ -342,16 +333,16 @@ async fn decide(mut conn: redis::aio::ConnectionManager, script: &redis::Script,
         Ok(answers) => {
             let mut asks = batch.into_iter();
             for (a, size) in answers.iter().zip(sizes) {
-                for (j, ask) in (0..).zip(asks.by_ref().take(size)) {
+                for (j, mut ask) in (0..).zip(asks.by_ref().take(size)) {
                     let answer = answer_in_group(a, j, ask.limiter.interval_us);
-                    ask.answer(answer);
+                    ask.reply(Ok(answer));
                 }
             }
         }
         Err(why) => {
             let why: Arc<str> = why.into();
-            for ask in batch {
-                ask.fail(why.clone());
+            for mut ask in batch {
+                ask.reply(Err(why.clone()));
             }
         }
     }
@@ -531,6 +522,21 @@ impl Limits {
 mod tests {
     use super::*;
 
+    /// A connection to the test Redis (`REDIS_URL`, which must be running) and limits decided there.
+    async fn in_redis() -> (redis::aio::ConnectionManager, Shared) {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let (conn, up) = connect_redis(&url, Duration::from_secs(2)).await.expect("redis");
+        assert!(up, "Redis at {url} must be running for this test");
+        let shared = Shared::new(conn.clone(), up, Duration::from_secs(2), FailureMode::Closed);
+        (conn, shared)
+    }
+
+    /// A key no earlier run has used.
+    fn fresh(name: &str) -> String {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        format!("test-{name}-{nanos}")
+    }
+
     fn limit(requests: u32, window: &str) -> RouteLimiter {
         let config: RateLimit =
             serde_json::from_value(serde_json::json!({"requests": requests, "window": window})).expect("limit");
@@ -594,14 +600,10 @@ mod tests {
     /// under two limits: each gets exactly its allowance, with the remaining counts of a sequence.
     #[tokio::test]
     async fn concurrent_checks_in_redis_are_decided_in_batches_exactly() {
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let (conn, up) = connect_redis(&url, Duration::from_secs(2)).await.expect("redis");
-        assert!(up, "Redis at {url} must be running for this test");
-        let shared = Arc::new(Shared::new(conn, up, Duration::from_secs(2), FailureMode::Closed));
+        let shared = Arc::new(in_redis().await.1);
         let five = Arc::new(limit(5, "1m"));
         let twenty = Arc::new(limit(20, "1h"));
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let (a, b) = (format!("test-a-{nanos}"), format!("test-b-{nanos}"));
+        let (a, b) = (fresh("a"), fresh("b"));
         let checks = (0..100).map(|i| {
             let (shared, limiter, key) = if i % 2 == 0 {
                 (shared.clone(), five.clone(), a.clone())
@@ -635,13 +637,9 @@ mod tests {
     /// decided in their order, each with one fewer left and a later reset, then refused.
     #[tokio::test]
     async fn a_callers_burst_is_decided_as_one_group_in_order() {
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let (conn, up) = connect_redis(&url, Duration::from_secs(2)).await.expect("redis");
-        assert!(up, "Redis at {url} must be running for this test");
-        let shared = Shared::new(conn, up, Duration::from_secs(2), FailureMode::Closed);
+        let (_, shared) = in_redis().await;
         let ten = Arc::new(limit(10, "1m"));
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let key = format!("test-burst-{nanos}");
+        let key = fresh("burst");
         // Polled in order on this one thread: all 30 are asked before the batch task runs.
         let decisions = futures::future::join_all((0..30).map(|_| shared.check(&ten, key.clone()))).await;
         assert_eq!(shared.stats.redis_calls.load(Ordering::Relaxed), 1, "one script call");
@@ -698,14 +696,10 @@ mod tests {
     /// binary fraction (9 a minute, 13 an hour: adding up intervals one by one fell one short).
     #[tokio::test]
     async fn a_burst_in_one_batch_gets_exactly_its_limit() {
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let (conn, up) = connect_redis(&url, Duration::from_secs(2)).await.expect("redis");
-        assert!(up, "Redis at {url} must be running for this test");
-        let shared = Shared::new(conn, up, Duration::from_secs(2), FailureMode::Closed);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let (_, shared) = in_redis().await;
         for (requests, window) in [(9, "1m"), (13, "1h"), (23, "1m"), (47, "1m"), (7, "1h")] {
             let limiter = Arc::new(limit(requests, window));
-            let key = format!("test-exact-{requests}-{window}-{nanos}");
+            let key = fresh(&format!("exact-{requests}-{window}"));
             let calls = shared.stats.redis_calls.load(Ordering::Relaxed);
             let decisions =
                 futures::future::join_all((0..requests + 5).map(|_| shared.check(&limiter, key.clone()))).await;
@@ -725,12 +719,9 @@ mod tests {
     /// check is decided there, not by the fallback.
     #[tokio::test]
     async fn a_flushed_script_is_loaded_again() {
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let (mut conn, up) = connect_redis(&url, Duration::from_secs(2)).await.expect("redis");
-        assert!(up, "Redis at {url} must be running for this test");
-        let shared = Shared::new(conn.clone(), up, Duration::from_secs(2), FailureMode::Closed);
+        let (mut conn, shared) = in_redis().await;
         let two = Arc::new(limit(2, "1h"));
-        let key = format!("test-flush-{}", std::process::id());
+        let key = fresh("flush");
         for expected in [1, 0] {
             redis::cmd("SCRIPT").arg("FLUSH").query_async::<()>(&mut conn).await.expect("flush");
             match shared.check(&two, key.clone()).await {
