@@ -367,9 +367,7 @@ pub async fn run(
     // The shared limits keep a connection of their own; the Redis cache a multiplexed one.
     let timeout = config.rate_limit_redis_timeout;
     let shared = match config.redis() {
-        Some(url) => {
-            Some(Arc::new(ratelimit::Shared::connect(&url, timeout, config.rate_limit_redis_failure).await?))
-        }
+        Some(url) => Some(Arc::new(ratelimit::Shared::connect(&url, timeout, config.rate_limit_redis_failure).await?)),
         None => None,
     };
     state.shared_limits = shared.clone();

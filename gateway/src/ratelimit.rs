@@ -9,10 +9,10 @@
 //! a second and decides by `RATE_LIMIT_REDIS_FAILURE`: `local` (the replica's own
 //! limit), `open` (allow) or `closed` (refuse with 503); the metrics count each such decision.
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
