@@ -292,6 +292,13 @@ async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
         let _ = writeln!(out, "# TYPE reskflow_gateway_redis_calls_total counter");
         let _ =
             writeln!(out, "reskflow_gateway_redis_calls_total {}", shared.stats.redis_calls.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP reskflow_gateway_redis_call_seconds_total Rate limit script calls' round trips, summed."
+        );
+        let _ = writeln!(out, "# TYPE reskflow_gateway_redis_call_seconds_total counter");
+        let micros = shared.stats.redis_call_micros.load(Ordering::Relaxed);
+        let _ = writeln!(out, "reskflow_gateway_redis_call_seconds_total {}", micros as f64 / 1e6);
         let _ = writeln!(out, "# HELP reskflow_gateway_redis_checks_total Requests whose limit Redis decided.");
         let _ = writeln!(out, "# TYPE reskflow_gateway_redis_checks_total counter");
         let _ =

@@ -192,8 +192,9 @@ return table.concat(out, ',')
 /// Most requests decided by one script call, and most calls in flight at once: requests that
 /// arrive while the calls are in flight wait for the next one, so under load a round trip decides
 /// several requests (one Lua call and one reply instead of one each) and at low load a request
-/// goes at once. One call in flight made batches of ~19 but was slower on a busy 2-core host
-/// (every round trip waits for Redis to be scheduled); four were measured best so far.
+/// goes at once. On redis-rs's multiplexed connection one call in flight made batches of ~19 but
+/// was slower on a busy 2-core host (every round trip waits for Redis to be scheduled); four were
+/// measured best. On the limits' own connection two in flight made batches no bigger than four.
 const MAX_BATCH: usize = 64;
 const MAX_IN_FLIGHT: usize = 4;
 
@@ -314,7 +315,7 @@ impl Shared {
     }
 }
 
-/// How long opening the limits' connection may take.
+/// How long opening the limits' connection may take at start (later, a call's time).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A script call written to Redis and not yet answered.
@@ -385,7 +386,9 @@ impl Batches {
     /// `with_text`, as `EVAL` of the script's text rather than `EVALSHA` of its hash.
     async fn send(&mut self, asks: Vec<Ask>, with_text: bool) {
         if self.link.is_none() {
-            match tokio::time::timeout(CONNECT_TIMEOUT, Link::open(&self.info)).await {
+            // Within the call's time: while Redis is unreachable, a request waits no longer for
+            // its decision than for a call.
+            match tokio::time::timeout(self.timeout, Link::open(&self.info)).await {
                 Ok(Ok(link)) => self.link = Some(link),
                 Ok(Err(why)) => return fail(asks, &why),
                 Err(_) => return fail(asks, "connecting to Redis timed out"),
@@ -691,7 +694,7 @@ pub async fn connect_redis(url: &str, timeout: Duration) -> anyhow::Result<(redi
                 Ok(Err(e)) => e.to_string(),
                 _ => "timed out".to_string(),
             };
-            warn!(%why, "Redis is not reachable at start; the cache falls back until it is");
+            warn!(%why, "Redis is not reachable at start; the cache asks the upstreams until it is");
             up = false;
             redis::aio::ConnectionManager::new_lazy_with_config(client, config)
                 .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?

@@ -499,6 +499,13 @@ async fn two_replicas_share_one_per_user_limit_through_redis() {
     let allowed = statuses.iter().filter(|&&s| s == 200).count();
     let limited = statuses.iter().filter(|&&s| s == 429).count();
     assert_eq!((allowed, limited), (5, 35), "{statuses:?}");
+
+    // Each replica reports its calls to Redis and their round trips.
+    let as_admin = format!("Bearer {admin}");
+    let (_, _, m) = get_with(&a, "/api/gateway/metrics", &[("authorization", &as_admin)]).await;
+    let (calls, micros) = (m["redis"]["calls"].as_u64().unwrap_or(0), m["redis"]["callMicros"].as_u64().unwrap_or(0));
+    assert!(calls >= 3 && micros > 0, "{m}");
+    assert_eq!(m["redis"]["errors"], 0, "{m}");
 }
 
 #[tokio::test]
