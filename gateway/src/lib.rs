@@ -371,16 +371,18 @@ pub async fn run(
         store_routes_file(&state, &config.routes_file).await?;
     }
 
-    // The shared limits keep a connection of their own; the Redis cache a multiplexed one.
-    let timeout = config.rate_limit_redis_timeout;
-    let shared = match config.redis() {
-        Some(url) => Some(Arc::new(ratelimit::Shared::connect(&url, timeout, config.rate_limit_redis_failure).await?)),
+    // One multiplexed Redis connection for the shared limits and (CACHE_STORE=redis) the cache.
+    let redis = match config.redis() {
+        Some(url) => Some(ratelimit::connect_redis(&url, config.rate_limit_redis_timeout).await?),
         None => None,
     };
+    let timeout = config.rate_limit_redis_timeout;
+    let shared = redis.as_ref().map(|(conn, up)| {
+        Arc::new(ratelimit::Shared::new(conn.clone(), *up, timeout, config.rate_limit_redis_failure))
+    });
     state.shared_limits = shared.clone();
     if config.cache_store == config::CacheStore::Redis {
-        let url = config.redis().context("CACHE_STORE=redis needs REDIS_URL")?;
-        let (conn, _) = ratelimit::connect_redis(&url, timeout).await?;
+        let (conn, _) = redis.context("CACHE_STORE=redis needs REDIS_URL")?;
         state.cache = Arc::new(cache::ResponseCache::shared(config.cache_max_bytes, conn, timeout));
     }
     let limits = ratelimit::Limits { shared };

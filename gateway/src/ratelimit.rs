@@ -9,13 +9,12 @@
 //! a second and decides by `RATE_LIMIT_REDIS_FAILURE`: `local` (the replica's own
 //! limit), `open` (allow) or `closed` (refuse with 503); the metrics count each such decision.
 
-use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
@@ -23,7 +22,6 @@ use governor::{Quota, RateLimiter};
 use reskflow_proto::route::RateLimit;
 use reskflow_sidecar::fields::{decimal, Fields};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::warn;
 
 use crate::edge::{RATELIMIT_LIMIT, RATELIMIT_POLICY};
@@ -192,9 +190,8 @@ return table.concat(out, ',')
 /// Most requests decided by one script call, and most calls in flight at once: requests that
 /// arrive while the calls are in flight wait for the next one, so under load a round trip decides
 /// several requests (one Lua call and one reply instead of one each) and at low load a request
-/// goes at once. On redis-rs's multiplexed connection one call in flight made batches of ~19 but
-/// was slower on a busy 2-core host (every round trip waits for Redis to be scheduled); four were
-/// measured best. On the limits' own connection two in flight made batches no bigger than four.
+/// goes at once. One call in flight made batches of ~19 but was slower on a busy 2-core host
+/// (every round trip waits for Redis to be scheduled); four were measured best so far.
 const MAX_BATCH: usize = 64;
 const MAX_IN_FLIGHT: usize = 4;
 
@@ -281,190 +278,72 @@ fn answer_in_group(a: &GroupAnswer, j: u64, interval_us: f64) -> GcraAnswer {
 }
 
 impl Shared {
-    /// Limits in the Redis at `url`, on a connection of their own; `timeout` is the longest a call
-    /// may take. Starts the task that sends the requests' checks to Redis in batches; it ends when
-    /// this is dropped. A Redis that does not answer at start is not an error: the limits fall back
-    /// until it does (the connection is tried again with the next batch).
-    pub async fn connect(url: &str, timeout: Duration, failure_mode: FailureMode) -> anyhow::Result<Shared> {
-        let info = redis_info(url)?;
-        let link = match tokio::time::timeout(CONNECT_TIMEOUT, Link::open(&info)).await {
-            Ok(Ok(link)) => Some(link),
-            other => {
-                let why = match other {
-                    Ok(Err(why)) => why,
-                    _ => "timed out".to_string(),
-                };
-                warn!(%why, "Redis is not reachable at start; rate limits fall back until it is");
-                None
-            }
-        };
-        let up = link.is_some();
+    /// Limits on `conn` (from `connect_redis`; `up`: whether Redis answered then). Starts the task
+    /// that sends the requests' checks to Redis in batches; it ends when this is dropped.
+    pub fn new(conn: redis::aio::ConnectionManager, up: bool, timeout: Duration, failure_mode: FailureMode) -> Shared {
         let (asks, queue) = tokio::sync::mpsc::unbounded_channel();
         let stats = Arc::new(SharedStats::default());
-        let batches = Batches {
-            info,
-            link,
-            calls: VecDeque::with_capacity(MAX_IN_FLIGHT),
-            timeout,
-            sha: redis::Script::new(GCRA).get_hash().to_string(),
-            out: Vec::with_capacity(1024),
-            stats: stats.clone(),
-        };
-        tokio::spawn(batches.run(queue));
-        Ok(Shared { asks, failure_mode, down_until_ms: AtomicU64::new(0), up: AtomicBool::new(up), stats })
+        tokio::spawn(batches(conn, queue, timeout, stats.clone()));
+        Shared { asks, failure_mode, down_until_ms: AtomicU64::new(0), up: AtomicBool::new(up), stats }
     }
 }
 
-/// How long opening the limits' connection may take at start (later, a call's time).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A script call written to Redis and not yet answered.
-struct Call {
-    asks: Vec<Ask>,
-    sent: Instant,
-    /// Whether this is the call again with the script's text, after Redis did not know its hash.
-    with_text: bool,
-}
-
-/// The batch task: takes waiting requests in batches of up to `MAX_BATCH`, writes one script call
-/// per batch with up to `MAX_IN_FLIGHT` unanswered at once, reads the replies in order and answers
-/// each request.
-///
-/// The task owns its connection (a [`Link`]) and writes and reads it itself. Through redis-rs's
-/// multiplexed connection each call went to that connection's own task and its reply came back, two
-/// more trips through the scheduler's queue per call; on one busy worker thread each trip waits
-/// behind every request task that is ready, and those waits were most of a call's round trip.
-struct Batches {
-    info: redis::ConnectionInfo,
-    /// `None` after a failure, until the next batch opens it again.
-    link: Option<Link>,
-    calls: VecDeque<Call>,
+/// Takes waiting requests in batches of up to `MAX_BATCH`, with up to `MAX_IN_FLIGHT` script calls
+/// on the (multiplexed) connection at once, and answers each request.
+async fn batches(
+    conn: redis::aio::ConnectionManager,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Ask>,
     timeout: Duration,
-    sha: String,
-    /// The command being written (kept to reuse its memory).
-    out: Vec<u8>,
     stats: Arc<SharedStats>,
-}
-
-impl Batches {
-    async fn run(mut self, mut queue: tokio::sync::mpsc::UnboundedReceiver<Ask>) {
-        let alarm = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(alarm);
-        loop {
-            // The oldest call's deadline; the later ones were sent after it.
-            let deadline = self.calls.front().map(|call| tokio::time::Instant::from_std(call.sent + self.timeout));
-            if let Some(deadline) = deadline {
-                if alarm.deadline() != deadline {
-                    alarm.as_mut().reset(deadline);
-                }
-            }
-            tokio::select! {
-                ask = queue.recv(), if self.calls.len() < MAX_IN_FLIGHT => {
-                    let Some(ask) = ask else { break };
-                    let mut batch = Vec::with_capacity(8);
-                    batch.push(ask);
-                    while batch.len() < MAX_BATCH {
-                        match queue.try_recv() {
-                            Ok(ask) => batch.push(ask),
-                            Err(_) => break,
-                        }
+) {
+    use futures::StreamExt;
+    let script = redis::Script::new(GCRA);
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            ask = queue.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
+                let Some(ask) = ask else { break };
+                let mut batch = Vec::with_capacity(8);
+                batch.push(ask);
+                while batch.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(ask) => batch.push(ask),
+                        Err(_) => break,
                     }
-                    self.stats.redis_calls.fetch_add(1, Ordering::Relaxed);
-                    self.stats.redis_checks.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    self.send(batch, false).await;
                 }
-                // Read also while no call waits, to notice a closed connection before writing to it.
-                read = fill(&mut self.link) => self.receive(read).await,
-                () = &mut alarm, if deadline.is_some() => {
-                    self.drop_link(&format!("no answer within {:?}", self.timeout));
-                }
+                stats.redis_calls.fetch_add(1, Ordering::Relaxed);
+                stats.redis_checks.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                in_flight.push(decide(conn.clone(), &script, batch, timeout, &stats));
             }
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
         }
     }
-
-    /// Writes the script call for `asks` (opening the connection first if it is closed); with
-    /// `with_text`, as `EVAL` of the script's text rather than `EVALSHA` of its hash.
-    async fn send(&mut self, asks: Vec<Ask>, with_text: bool) {
-        if self.link.is_none() {
-            // Within the call's time: while Redis is unreachable, a request waits no longer for
-            // its decision than for a call.
-            match tokio::time::timeout(self.timeout, Link::open(&self.info)).await {
-                Ok(Ok(link)) => self.link = Some(link),
-                Ok(Err(why)) => return fail(asks, &why),
-                Err(_) => return fail(asks, "connecting to Redis timed out"),
-            }
-        }
-        self.out.clear();
-        let groups: Vec<&[Ask]> = asks.chunk_by(Ask::same_group).collect();
-        let head = if with_text { ("EVAL", GCRA) } else { ("EVALSHA", self.sha.as_str()) };
-        script_call(head, &groups).write_packed_command(&mut self.out);
-        let Some(link) = &mut self.link else { return };
-        let why = match tokio::time::timeout(self.timeout, link.stream.write_all(&self.out)).await {
-            Ok(Ok(())) => {
-                self.calls.push_back(Call { asks, sent: Instant::now(), with_text });
-                return;
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("writing to Redis took over {:?}", self.timeout),
-        };
-        fail(asks, &why);
-        self.drop_link(&why);
-    }
-
-    /// Answers the calls whose replies have arrived (after `read` added to the input).
-    async fn receive(&mut self, read: Result<(), String>) {
-        if let Err(why) = read {
-            return self.drop_link(&why);
-        }
-        loop {
-            let Some(link) = &mut self.link else { return };
-            let reply = match next_reply(&mut link.input) {
-                Ok(Some(reply)) => reply,
-                Ok(None) => return,
-                Err(why) => return self.drop_link(&why),
-            };
-            let Some(call) = self.calls.pop_front() else {
-                return self.drop_link("Redis sent a reply to no call");
-            };
-            let micros = u64::try_from(call.sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.stats.redis_call_micros.fetch_add(micros, Ordering::Relaxed);
-            match reply {
-                Reply::Bulk(answer) => answer_calls(call.asks, &answer),
-                // Redis lost the script (restarted, or `SCRIPT FLUSH`): the call again with the
-                // script's text, which also loads it for the next calls. The calls already sent
-                // behind this one get the same error and are sent again likewise.
-                Reply::Error(e) if e.starts_with("NOSCRIPT") && !call.with_text => self.send(call.asks, true).await,
-                Reply::Error(e) => fail(call.asks, &e),
-                other => fail(call.asks, &format!("the script answered {other:?}, not a string")),
-            }
-        }
-    }
-
-    /// Closes the connection after a failure (the next batch opens it again): the calls it had in
-    /// flight fail, since their replies can no longer be read.
-    fn drop_link(&mut self, why: &str) {
-        self.link = None;
-        for call in self.calls.drain(..) {
-            fail(call.asks, why);
-        }
-    }
+    while in_flight.next().await.is_some() {}
 }
 
-/// Waits for more input on `link` (forever while it is closed).
-async fn fill(link: &mut Option<Link>) -> Result<(), String> {
-    match link {
-        Some(link) => link.fill().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Answers each request of a batch from the script's reply.
-fn answer_calls(asks: Vec<Ask>, reply: &[u8]) {
-    let groups: Vec<&[Ask]> = asks.chunk_by(Ask::same_group).collect();
+/// One script call for `batch`; every request gets its answer or the error.
+async fn decide(
+    mut conn: redis::aio::ConnectionManager,
+    script: &redis::Script,
+    batch: Vec<Ask>,
+    timeout: Duration,
+    stats: &SharedStats,
+) {
+    let groups: Vec<&[Ask]> = batch.chunk_by(Ask::same_group).collect();
     let sizes: Vec<usize> = groups.iter().map(|group| group.len()).collect();
-    match parse_groups(reply, groups.len()) {
+    let sent = std::time::Instant::now();
+    let answer = tokio::time::timeout(timeout, evaluate(&mut conn, script, &groups)).await;
+    let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+    stats.redis_call_micros.fetch_add(micros, Ordering::Relaxed);
+    let answers = match answer {
+        Ok(Ok(redis::Value::BulkString(reply))) => parse_groups(&reply, groups.len()),
+        Ok(Ok(other)) => Err(format!("the script answered {other:?}, not a string")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    };
+    match answers {
         Ok(answers) => {
-            let mut asks = asks.into_iter();
+            let mut asks = batch.into_iter();
             for (a, size) in answers.iter().zip(sizes) {
                 for (j, mut ask) in (0..).zip(asks.by_ref().take(size)) {
                     let answer = answer_in_group(a, j, ask.limiter.interval_us);
@@ -472,22 +351,25 @@ fn answer_calls(asks: Vec<Ask>, reply: &[u8]) {
                 }
             }
         }
-        Err(why) => fail(asks, &why),
+        Err(why) => {
+            let why: Arc<str> = why.into();
+            for mut ask in batch {
+                ask.reply(Err(why.clone()));
+            }
+        }
     }
 }
 
-fn fail(asks: Vec<Ask>, why: &str) {
-    let why: Arc<str> = why.into();
-    for mut ask in asks {
-        ask.reply(Err(why.clone()));
-    }
-}
-
-/// The script call for a batch's `groups` (one caller's consecutive requests under one limit
-/// each), after `head` (`EVALSHA` and the hash, or `EVAL` and the text). Built as one command (every
-/// argument in one buffer) rather than through `ScriptInvocation`, which keeps each key and argument
-/// in its own allocation and copies them all again into the command.
-fn script_call(head: (&str, &str), groups: &[&[Ask]]) -> redis::Cmd {
+/// `EVALSHA` of the script for a batch's `groups` (one caller's consecutive requests under one
+/// limit each), loading it first if Redis does not have it (a restarted
+/// Redis). Built as one command (every argument in one buffer) rather than through
+/// `ScriptInvocation`, which keeps each key and argument in its own allocation and copies them all
+/// again into the command.
+async fn evaluate(
+    conn: &mut redis::aio::ConnectionManager,
+    script: &redis::Script,
+    groups: &[&[Ask]],
+) -> redis::RedisResult<redis::Value> {
     // The callers, each once (a linear look-up: a batch holds at most `MAX_BATCH` requests, and
     // under load most of them are a few busy callers').
     let mut keys: Vec<&str> = Vec::with_capacity(4);
@@ -503,8 +385,8 @@ fn script_call(head: (&str, &str), groups: &[&[Ask]]) -> redis::Cmd {
         indexes.push(k + 1);
     }
     let data = keys.iter().map(|key| key.len()).sum::<usize>() + groups.len() * 32;
-    let mut cmd = redis::Cmd::with_capacity(3 + keys.len() + 4 * groups.len(), 64 + data + head.1.len());
-    cmd.arg(head.0).arg(head.1).arg(keys.len());
+    let mut cmd = redis::Cmd::with_capacity(3 + keys.len() + 4 * groups.len(), 64 + data);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys.len());
     for key in keys {
         cmd.arg(key);
     }
@@ -512,131 +394,13 @@ fn script_call(head: (&str, &str), groups: &[&[Ask]]) -> redis::Cmd {
         let limiter = &group[0].limiter;
         cmd.arg(k).arg(group.len()).arg(&limiter.interval_arg[..]).arg(&limiter.tolerance_arg[..]);
     }
-    cmd
-}
-
-/// The limits' own connection to Redis (TCP or a Unix socket), and what has been read from it.
-struct Link {
-    stream: Box<dyn Duplex>,
-    input: BytesMut,
-}
-
-trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
-
-/// The name the limits' connection has in Redis's `CLIENT LIST`.
-const CLIENT_NAME: &str = "reskflow-gateway-limits";
-
-impl Link {
-    /// Connects, authenticates and selects the database, as `info` says.
-    async fn open(info: &redis::ConnectionInfo) -> Result<Link, String> {
-        let stream: Box<dyn Duplex> = match info.addr() {
-            redis::ConnectionAddr::Tcp(host, port) => {
-                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
-                // A call written while earlier ones are unanswered goes out at once (no Nagle).
-                tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-                Box::new(tcp)
-            }
-            #[cfg(unix)]
-            redis::ConnectionAddr::Unix(path) => Box::new(
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map_err(|e| format!("connecting to {}: {e}", path.display()))?,
-            ),
-            other => return Err(format!("REDIS_URL: {other} is not supported for rate limits")),
-        };
-        let mut link = Link { stream, input: BytesMut::with_capacity(4096) };
-        let settings = info.redis_settings();
-        if let Some(password) = settings.password() {
-            let mut auth = redis::cmd("AUTH");
-            if let Some(user) = settings.username() {
-                auth.arg(user);
-            }
-            link.ask(auth.arg(password)).await.map_err(|e| format!("AUTH: {e}"))?;
+    match cmd.query_async(conn).await {
+        Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            cmd.query_async(conn).await
         }
-        if settings.db() != 0 {
-            link.ask(redis::cmd("SELECT").arg(settings.db())).await.map_err(|e| format!("SELECT: {e}"))?;
-        }
-        // Named for operators (`CLIENT LIST`); a server that refuses names is still used.
-        if let Err(why) = link.ask(redis::cmd("CLIENT").arg("SETNAME").arg(CLIENT_NAME)).await {
-            tracing::debug!(%why, "Redis refused the connection's name");
-        }
-        Ok(link)
+        answer => answer,
     }
-
-    /// Sends one command of the handshake and reads its reply (a simple string, or the error).
-    async fn ask(&mut self, cmd: &redis::Cmd) -> Result<(), String> {
-        self.stream.write_all(&cmd.get_packed_command()).await.map_err(|e| e.to_string())?;
-        loop {
-            match next_reply(&mut self.input)? {
-                Some(Reply::Simple(_)) => return Ok(()),
-                Some(Reply::Error(e)) => return Err(e),
-                Some(other) => return Err(format!("unexpected reply {other:?}")),
-                None => self.fill().await?,
-            }
-        }
-    }
-
-    /// Reads what has arrived into the input.
-    async fn fill(&mut self) -> Result<(), String> {
-        match self.stream.read_buf(&mut self.input).await {
-            Ok(0) => Err("Redis closed the connection".into()),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
-
-/// A reply from Redis, of the kinds the limits' commands get (RESP2).
-#[derive(Debug, PartialEq)]
-enum Reply {
-    Simple(Bytes),
-    Error(String),
-    Bulk(Bytes),
-    Nil,
-}
-
-/// The longest reply read: a batch's answer is about 40 bytes per group.
-const MAX_REPLY: usize = 1 << 20;
-
-/// The next whole reply in `input`, taken out of it; `None` while it is incomplete. Simple strings,
-/// errors and bulk strings are read (what the limits' commands get); any other kind, or a malformed
-/// reply, is an error after which the connection is dropped (its replies can no longer be told
-/// apart). redis-rs's streaming decoder is not public API, hence this reader of three kinds.
-fn next_reply(input: &mut BytesMut) -> Result<Option<Reply>, String> {
-    let Some(end) = input.windows(2).position(|w| w == b"\r\n") else {
-        return if input.len() > MAX_REPLY { Err("Redis sent a line too long".into()) } else { Ok(None) };
-    };
-    let bad = |input: &BytesMut| format!("Redis sent {:?}", String::from_utf8_lossy(&input[..end.min(80)]));
-    if end == 0 {
-        return Err(bad(input));
-    }
-    let line = &input[1..end];
-    let reply = match input[0] {
-        b'+' => Reply::Simple(Bytes::copy_from_slice(line)),
-        b'-' => Reply::Error(String::from_utf8_lossy(line).into_owned()),
-        b'$' if line == b"-1" => Reply::Nil,
-        b'$' => {
-            let len = decimal(line).and_then(|n| usize::try_from(n).ok()).filter(|&n| n <= MAX_REPLY);
-            let Some(len) = len else { return Err(bad(input)) };
-            let whole = end + 2 + len + 2;
-            if input.len() < whole {
-                return Ok(None);
-            }
-            if &input[whole - 2..whole] != b"\r\n" {
-                return Err(bad(input));
-            }
-            input.advance(end + 2);
-            let data = input.split_to(len).freeze();
-            input.advance(2);
-            return Ok(Some(Reply::Bulk(data)));
-        }
-        _ => return Err(bad(input)),
-    };
-    input.advance(end + 2);
-    Ok(Some(reply))
 }
 
 /// The script's reply for `n` groups: five numbers per group, joined by commas.
@@ -664,43 +428,43 @@ fn parse_group(one: &[u8]) -> Option<GroupAnswer> {
     fields.next().is_none().then_some(answer)
 }
 
-/// `REDIS_URL` read (TCP or `unix://`, with user, password and database).
-fn redis_info(url: &str) -> anyhow::Result<redis::ConnectionInfo> {
-    use redis::IntoConnectionInfo;
-    url.into_connection_info().map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))
-}
-
-/// A Redis connection (multiplexed, reconnecting), for the shared cache; `false` when Redis did not
-/// answer at start (the connection keeps trying).
+/// A Redis connection (multiplexed, reconnecting); `false` when Redis did not answer at start (the
+/// connection keeps trying).
 pub async fn connect_redis(url: &str, timeout: Duration) -> anyhow::Result<(redis::aio::ConnectionManager, bool)> {
-    // TCP_NODELAY (redis-rs leaves Nagle on): a command written while an earlier one is still
-    // unacknowledged goes out at once instead of waiting for that acknowledgement.
-    let info = redis_info(url)?.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    let client = redis::Client::open(info).map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(1);
-    let mut up = true;
-    let conn = match tokio::time::timeout(
-        Duration::from_secs(2),
-        redis::aio::ConnectionManager::new_with_config(client.clone(), config.clone()),
-    )
-    .await
     {
-        Ok(Ok(conn)) => conn,
-        other => {
-            let why = match other {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".to_string(),
-            };
-            warn!(%why, "Redis is not reachable at start; the cache asks the upstreams until it is");
-            up = false;
-            redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-                .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?
-        }
-    };
-    Ok((conn, up))
+        use redis::IntoConnectionInfo;
+        // TCP_NODELAY (redis-rs leaves Nagle on): a call written while an earlier one is still
+        // unacknowledged goes out at once instead of waiting for that acknowledgement.
+        let info = url
+            .into_connection_info()
+            .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        let mut up = true;
+        let conn = match tokio::time::timeout(
+            Duration::from_secs(2),
+            redis::aio::ConnectionManager::new_with_config(client.clone(), config.clone()),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => conn,
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                warn!(%why, "Redis is not reachable at start; rate limits fall back until it is");
+                up = false;
+                redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?
+            }
+        };
+        Ok((conn, up))
+    }
 }
 
 impl Shared {
@@ -770,17 +534,12 @@ impl Limits {
 mod tests {
     use super::*;
 
-    fn redis_url() -> String {
-        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-    }
-
     /// A connection to the test Redis (`REDIS_URL`, which must be running) and limits decided there.
     async fn in_redis() -> (redis::aio::ConnectionManager, Shared) {
-        let url = redis_url();
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         let (conn, up) = connect_redis(&url, Duration::from_secs(2)).await.expect("redis");
         assert!(up, "Redis at {url} must be running for this test");
-        let shared = Shared::connect(&url, Duration::from_secs(2), FailureMode::Closed).await.expect("limits");
-        assert!(shared.healthy());
+        let shared = Shared::new(conn.clone(), up, Duration::from_secs(2), FailureMode::Closed);
         (conn, shared)
     }
 
@@ -985,95 +744,5 @@ mod tests {
         assert!(matches!(shared.check(&two, key.clone()).await, Decision::Limited { .. }));
         assert_eq!(shared.stats.redis_errors.load(Ordering::Relaxed), 0);
         assert_eq!(shared.stats.fallback_decisions.load(Ordering::Relaxed), 0);
-    }
-
-    /// Replies are read whole or not at all, in order, with the kinds the limits get; anything
-    /// else is refused.
-    #[test]
-    fn replies_are_read_whole_in_order_or_refused() {
-        let mut input = BytesMut::from(&b"+OK\r\n-NOSCRIPT No matching script\r\n$5\r\n1 2 3\r\n$-1\r\n$0\r\n\r\n"[..]);
-        assert_eq!(next_reply(&mut input), Ok(Some(Reply::Simple(Bytes::from_static(b"OK")))));
-        assert_eq!(next_reply(&mut input), Ok(Some(Reply::Error("NOSCRIPT No matching script".into()))));
-        assert_eq!(next_reply(&mut input), Ok(Some(Reply::Bulk(Bytes::from_static(b"1 2 3")))));
-        assert_eq!(next_reply(&mut input), Ok(Some(Reply::Nil)));
-        assert_eq!(next_reply(&mut input), Ok(Some(Reply::Bulk(Bytes::new()))));
-        assert_eq!(next_reply(&mut input), Ok(None));
-        // A bulk string arriving in pieces (its data holding a CR LF) is read once whole.
-        let whole = b"$8\r\n1 2\r\n3 4\r\n+OK\r\n";
-        let mut input = BytesMut::new();
-        for (i, &b) in whole.iter().enumerate() {
-            input.extend_from_slice(&[b]);
-            let reply = next_reply(&mut input);
-            if i + 1 == 14 {
-                assert_eq!(reply, Ok(Some(Reply::Bulk(Bytes::from_static(b"1 2\r\n3 4")))));
-            } else if i + 1 == whole.len() {
-                assert_eq!(reply, Ok(Some(Reply::Simple(Bytes::from_static(b"OK")))));
-            } else {
-                assert_eq!(reply, Ok(None), "after {} bytes", i + 1);
-            }
-        }
-        for bad in [
-            &b":1\r\n"[..],
-            b"*1\r\n$1\r\na\r\n",
-            b"$x\r\n",
-            b"$-2\r\n",
-            b"$3\r\nabcd\r\n",
-            b"$99999999999\r\n",
-            b"\r\n",
-        ] {
-            assert!(next_reply(&mut BytesMut::from(bad)).is_err(), "{:?}", String::from_utf8_lossy(bad));
-        }
-        let mut long = BytesMut::from(&b"+"[..]);
-        long.resize(MAX_REPLY + 2, b'a');
-        assert!(next_reply(&mut long).is_err(), "a line without end");
-    }
-
-    /// When the limits' connection is lost (here cut by a forwarder between them and Redis), the
-    /// next batch opens a new one and is decided in Redis.
-    #[tokio::test]
-    async fn a_lost_connection_is_opened_again() {
-        use redis::IntoConnectionInfo;
-        let target = match redis_url().into_connection_info().expect("REDIS_URL").addr() {
-            redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
-            other => panic!("this test needs Redis over TCP, not {other}"),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        let (opened, mut connections) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let target = target.clone();
-                let forward = tokio::spawn(async move {
-                    if let Ok(mut redis) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut redis).await;
-                    }
-                });
-                let _ = opened.send(forward);
-            }
-        });
-        let shared = Shared::connect(&format!("redis://127.0.0.1:{port}"), Duration::from_secs(2), FailureMode::Closed)
-            .await
-            .expect("limits");
-        let five = Arc::new(limit(5, "1h"));
-        let key = fresh("reopen");
-        assert!(matches!(shared.check(&five, key.clone()).await, Decision::Allowed { remaining: 4, .. }));
-        let first = connections.recv().await.expect("the first connection");
-        first.abort();
-        let _ = first.await;
-        // The batch task notices the close; a check made before it does fails (Redis never got it),
-        // and the next one after the back-off opens the connection again.
-        let mut failed = 0;
-        let remaining = loop {
-            shared.down_until_ms.store(0, Ordering::Relaxed);
-            match shared.check(&five, key.clone()).await {
-                Decision::Allowed { remaining, .. } => break remaining,
-                Decision::Unavailable => failed += 1,
-                other => panic!("{other:?}"),
-            }
-            assert!(failed < 3, "the connection was not opened again");
-        };
-        assert_eq!(remaining, 3, "decided in Redis, where the first check was counted");
-        assert!(connections.try_recv().is_ok(), "a second connection");
-        assert!(shared.healthy());
     }
 }
