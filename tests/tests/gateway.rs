@@ -500,12 +500,20 @@ async fn two_replicas_share_one_per_user_limit_through_redis() {
     let limited = statuses.iter().filter(|&&s| s == 429).count();
     assert_eq!((allowed, limited), (5, 35), "{statuses:?}");
 
-    // Each replica reports its calls to Redis and their round trips.
+    // A replica reports its calls to Redis and their round trips, in JSON and for Prometheus.
     let as_admin = format!("Bearer {admin}");
     let (_, _, m) = get_with(&a, "/api/gateway/metrics", &[("authorization", &as_admin)]).await;
     let (calls, micros) = (m["redis"]["calls"].as_u64().unwrap_or(0), m["redis"]["callMicros"].as_u64().unwrap_or(0));
     assert!(calls >= 3 && micros > 0, "{m}");
     assert_eq!(m["redis"]["errors"], 0, "{m}");
+    let text = a.http().get(format!("{}/metrics", a.url)).send().await.expect("metrics").text().await.expect("text");
+    let counter = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.split(' ').next() == Some(name));
+        line.and_then(|l| l.split(' ').nth(1)).and_then(|v| v.parse().ok()).unwrap_or(-1.0)
+    };
+    assert!(counter("reskflow_gateway_redis_calls_total") >= calls as f64, "{text}");
+    assert!(counter("reskflow_gateway_redis_call_seconds_total") >= micros as f64 / 1e6, "{text}");
+    assert_eq!(counter("reskflow_gateway_redis_up"), 1.0, "{text}");
 }
 
 #[tokio::test]
