@@ -48,6 +48,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::openapi::Describe;
 use reskflow_proto::pb::config::v1 as pb;
+use reskflow_runtime::metrics::single;
 use reskflow_sidecar::balance::Locality;
 use reskflow_sidecar::config_watch::{self, Watcher};
 use reskflow_sidecar::proxy::Proxy;
@@ -232,14 +233,10 @@ async fn gateway_metrics(State(state): State<AppState>) -> Json<serde_json::Valu
     let mut body = state.metrics.json();
     body["configVersion"] = state.upstreams.version().into();
     if let Some(shared) = &state.shared_limits {
-        body["redis"] = serde_json::json!({
-            "healthy": shared.healthy(),
-            "errors": shared.stats.redis_errors.load(Ordering::Relaxed),
-            "calls": shared.stats.redis_calls.load(Ordering::Relaxed),
-            "checks": shared.stats.redis_checks.load(Ordering::Relaxed),
-            "callMicros": shared.stats.redis_call_micros.load(Ordering::Relaxed),
-            "fallbackDecisions": shared.stats.fallback_decisions.load(Ordering::Relaxed),
-        });
+        // Counters only: serializing them cannot fail.
+        let mut redis = serde_json::to_value(&*shared.stats).unwrap_or_default();
+        redis["healthy"] = shared.healthy().into();
+        body["redis"] = redis;
     }
     Json(body)
 }
@@ -280,36 +277,24 @@ async fn prometheus(State(state): State<AppState>) -> impl IntoResponse {
     let mut out = String::with_capacity(8192);
     state.metrics.prometheus(&mut out);
     if let Some(shared) = &state.shared_limits {
-        use std::fmt::Write;
-        let _ = writeln!(out, "# HELP reskflow_gateway_redis_up Whether the shared rate limit store answers.");
-        let _ = writeln!(out, "# TYPE reskflow_gateway_redis_up gauge");
-        let _ = writeln!(out, "reskflow_gateway_redis_up {}", u8::from(shared.healthy()));
-        let _ = writeln!(out, "# HELP reskflow_gateway_redis_errors_total Failed calls to Redis.");
-        let _ = writeln!(out, "# TYPE reskflow_gateway_redis_errors_total counter");
-        let _ =
-            writeln!(out, "reskflow_gateway_redis_errors_total {}", shared.stats.redis_errors.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP reskflow_gateway_redis_calls_total Rate limit script calls to Redis.");
-        let _ = writeln!(out, "# TYPE reskflow_gateway_redis_calls_total counter");
-        let _ =
-            writeln!(out, "reskflow_gateway_redis_calls_total {}", shared.stats.redis_calls.load(Ordering::Relaxed));
-        let _ = writeln!(
-            out,
-            "# HELP reskflow_gateway_redis_call_seconds_total Rate limit script calls' round trips, summed."
-        );
-        let _ = writeln!(out, "# TYPE reskflow_gateway_redis_call_seconds_total counter");
-        let micros = shared.stats.redis_call_micros.load(Ordering::Relaxed);
-        let _ = writeln!(out, "reskflow_gateway_redis_call_seconds_total {}", micros as f64 / 1e6);
-        let _ = writeln!(out, "# HELP reskflow_gateway_redis_checks_total Requests whose limit Redis decided.");
-        let _ = writeln!(out, "# TYPE reskflow_gateway_redis_checks_total counter");
-        let _ =
-            writeln!(out, "reskflow_gateway_redis_checks_total {}", shared.stats.redis_checks.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP reskflow_gateway_rate_limit_fallback_total Limits decided without Redis.");
-        let _ = writeln!(out, "# TYPE reskflow_gateway_rate_limit_fallback_total counter");
-        let _ = writeln!(
-            out,
-            "reskflow_gateway_rate_limit_fallback_total {}",
-            shared.stats.fallback_decisions.load(Ordering::Relaxed)
-        );
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let stats = &shared.stats;
+        let samples: [(&str, &str, &str, &dyn std::fmt::Display); 6] = [
+            ("redis_up", "gauge", "Whether the shared rate limit store answers.", &u8::from(shared.healthy())),
+            ("redis_errors_total", "counter", "Failed calls to Redis.", &load(&stats.redis_errors)),
+            ("redis_calls_total", "counter", "Rate limit script calls to Redis.", &load(&stats.redis_calls)),
+            (
+                "redis_call_seconds_total",
+                "counter",
+                "Rate limit script calls' round trips, summed.",
+                &(load(&stats.redis_call_micros) as f64 / 1e6),
+            ),
+            ("redis_checks_total", "counter", "Requests whose limit Redis decided.", &load(&stats.redis_checks)),
+            ("rate_limit_fallback_total", "counter", "Limits decided without Redis.", &load(&stats.fallback_decisions)),
+        ];
+        for (name, kind, help, value) in samples {
+            single(&mut out, &format!("reskflow_gateway_{name}"), kind, help, value);
+        }
     }
     reskflow_sidecar::admin::upstream_metrics(&mut out, "reskflow_gateway", &state.upstreams);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use reskflow_runtime::metrics::Histogram;
+use reskflow_runtime::metrics::{describe, single};
 use serde_json::{json, Value};
 
 /// One route's counters.
@@ -118,14 +119,12 @@ impl Metrics {
             ("responses_5xx_total", "5xx answers.", |m| m.status_5xx.load(Ordering::Relaxed)),
         ];
         for (name, help, read) in counters {
-            let _ = writeln!(out, "# HELP reskflow_gateway_route_{name} {help}");
-            let _ = writeln!(out, "# TYPE reskflow_gateway_route_{name} counter");
+            describe(out, &format!("reskflow_gateway_route_{name}"), "counter", help);
             for (id, m) in &routes {
                 let _ = writeln!(out, "reskflow_gateway_route_{name}{{route=\"{id}\"}} {}", read(m));
             }
         }
-        let _ = writeln!(out, "# HELP reskflow_gateway_route_responses_total Answers by status class.");
-        let _ = writeln!(out, "# TYPE reskflow_gateway_route_responses_total counter");
+        describe(out, "reskflow_gateway_route_responses_total", "counter", "Answers by status class.");
         for (id, m) in &routes {
             for (class, c) in
                 [("2xx", &m.status_2xx), ("3xx", &m.status_3xx), ("4xx", &m.status_4xx), ("5xx", &m.status_5xx)]
@@ -137,13 +136,11 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(out, "# HELP reskflow_gateway_route_duration_seconds Time to the response head.");
-        let _ = writeln!(out, "# TYPE reskflow_gateway_route_duration_seconds histogram");
+        describe(out, "reskflow_gateway_route_duration_seconds", "histogram", "Time to the response head.");
         for (id, m) in &routes {
             m.latency.prometheus(out, "reskflow_gateway_route_duration_seconds", &format!("route=\"{id}\""));
         }
-        let _ = writeln!(out, "# HELP reskflow_gateway_unmatched_total Requests no route matched.");
-        let _ = writeln!(out, "# TYPE reskflow_gateway_unmatched_total counter");
-        let _ = writeln!(out, "reskflow_gateway_unmatched_total {}", self.unmatched.load(Ordering::Relaxed));
+        let unmatched = self.unmatched.load(Ordering::Relaxed);
+        single(out, "reskflow_gateway_unmatched_total", "counter", "Requests no route matched.", unmatched);
     }
 }

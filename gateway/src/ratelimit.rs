@@ -20,6 +20,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use reskflow_proto::route::RateLimit;
+use reskflow_sidecar::clock;
 use reskflow_sidecar::fields::{decimal, Fields};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -206,14 +207,19 @@ pub struct Shared {
     pub stats: Arc<SharedStats>,
 }
 
+/// Serialized as `redis` in `/api/gateway/metrics` (with `healthy` added there).
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SharedStats {
     /// Script calls made, and the requests they decided (their ratio is the batch size).
+    #[serde(rename = "calls")]
     pub redis_calls: AtomicU64,
+    #[serde(rename = "checks")]
     pub redis_checks: AtomicU64,
     /// The script calls' round trips, summed (µs): over `redis_calls`, the mean round trip.
+    #[serde(rename = "callMicros")]
     pub redis_call_micros: AtomicU64,
+    #[serde(rename = "errors")]
     pub redis_errors: AtomicU64,
     /// Requests decided without Redis because it was failing.
     pub fallback_decisions: AtomicU64,
@@ -311,8 +317,6 @@ async fn batches(
                         Err(_) => break,
                     }
                 }
-                stats.redis_calls.fetch_add(1, Ordering::Relaxed);
-                stats.redis_checks.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 in_flight.push(decide(conn.clone(), &script, batch, timeout, &stats));
             }
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
@@ -321,7 +325,8 @@ async fn batches(
     while in_flight.next().await.is_some() {}
 }
 
-/// One script call for `batch`; every request gets its answer or the error.
+/// One script call for `batch`; every request gets its answer or the error. Counts the call, its
+/// requests and its time (a failed call's until its error or the timeout) in `stats`.
 async fn decide(
     mut conn: redis::aio::ConnectionManager,
     script: &redis::Script,
@@ -331,10 +336,11 @@ async fn decide(
 ) {
     let groups: Vec<&[Ask]> = batch.chunk_by(Ask::same_group).collect();
     let sizes: Vec<usize> = groups.iter().map(|group| group.len()).collect();
-    let sent = std::time::Instant::now();
+    stats.redis_calls.fetch_add(1, Ordering::Relaxed);
+    stats.redis_checks.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let sent = clock::now_ns();
     let answer = tokio::time::timeout(timeout, evaluate(&mut conn, script, &groups)).await;
-    let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-    stats.redis_call_micros.fetch_add(micros, Ordering::Relaxed);
+    stats.redis_call_micros.fetch_add(clock::now_ns().saturating_sub(sent) / 1_000, Ordering::Relaxed);
     let answers = match answer {
         Ok(Ok(redis::Value::BulkString(reply))) => parse_groups(&reply, groups.len()),
         Ok(Ok(other)) => Err(format!("the script answered {other:?}, not a string")),

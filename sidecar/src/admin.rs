@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::breaker::State as BreakerState;
 use crate::clock;
 use crate::upstreams::Upstreams;
+use reskflow_runtime::metrics::{describe, single};
 
 /// A counter of the upstream stats: name, help, reader.
 type Counter = (&'static str, &'static str, fn(&crate::upstreams::Stats) -> u64);
@@ -64,9 +65,8 @@ async fn metrics(State(a): State<Admin>) -> impl IntoResponse {
 pub fn upstream_metrics(out: &mut String, prefix: &str, upstreams: &Upstreams) {
     let table = upstreams.table();
     let now = clock::now_ms();
-    let _ = writeln!(out, "# HELP {prefix}_config_version The config version in use.");
-    let _ = writeln!(out, "# TYPE {prefix}_config_version gauge");
-    let _ = writeln!(out, "{prefix}_config_version {}", table.config.version);
+    let version = table.config.version;
+    single(out, &format!("{prefix}_config_version"), "gauge", "The config version in use.", version);
     let mut services: Vec<_> = table.upstreams.iter().collect();
     services.sort_by(|a, b| a.0.cmp(b.0));
     let counters: [Counter; 9] = [
@@ -85,14 +85,12 @@ pub fn upstream_metrics(out: &mut String, prefix: &str, upstreams: &Upstreams) {
         ("responses_5xx_total", "5xx responses from the upstream.", |s| s.responses_5xx.load(Ordering::Relaxed)),
     ];
     for (name, help, read) in counters {
-        let _ = writeln!(out, "# HELP {prefix}_upstream_{name} {help}");
-        let _ = writeln!(out, "# TYPE {prefix}_upstream_{name} counter");
+        describe(out, &format!("{prefix}_upstream_{name}"), "counter", help);
         for (id, u) in &services {
             let _ = writeln!(out, "{prefix}_upstream_{name}{{service=\"{id}\"}} {}", read(&u.stats));
         }
     }
-    let _ = writeln!(out, "# HELP {prefix}_breaker_state Circuit breaker state (1 for the current one).");
-    let _ = writeln!(out, "# TYPE {prefix}_breaker_state gauge");
+    describe(out, &format!("{prefix}_breaker_state"), "gauge", "Circuit breaker state (1 for the current one).");
     for (id, u) in &services {
         let current = u.breaker.state_at(now);
         for s in [
@@ -110,16 +108,12 @@ pub fn upstream_metrics(out: &mut String, prefix: &str, upstreams: &Upstreams) {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP {prefix}_breaker_failure_rate Failure rate over the window, percent (-1: too few calls)."
-    );
-    let _ = writeln!(out, "# TYPE {prefix}_breaker_failure_rate gauge");
+    let help = "Failure rate over the window, percent (-1: too few calls).";
+    describe(out, &format!("{prefix}_breaker_failure_rate"), "gauge", help);
     for (id, u) in &services {
         let _ = writeln!(out, "{prefix}_breaker_failure_rate{{service=\"{id}\"}} {}", u.breaker.metrics().failure_rate);
     }
-    let _ = writeln!(out, "# HELP {prefix}_endpoints Endpoints of the upstream, by whether they are ejected.");
-    let _ = writeln!(out, "# TYPE {prefix}_endpoints gauge");
+    describe(out, &format!("{prefix}_endpoints"), "gauge", "Endpoints of the upstream, by whether they are ejected.");
     for (id, u) in &services {
         let total = u.balancer.endpoints().len();
         let available = u.balancer.available(now);
